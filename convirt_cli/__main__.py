@@ -1,0 +1,3 @@
+from convirt_cli.main import run
+
+run()

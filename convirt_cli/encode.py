@@ -1,0 +1,47 @@
+"""Batch encoding with the torch model (eval mode, no grad): rows/texts -> L2-normalised numpy arrays."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from convirt_cli.data.dataset import Collate, PairDataset
+from convirt_cli.data.readers import Row
+from convirt_cli.data.transforms import to_model_input
+from convirt_cli.model import ConVIRT
+
+
+@torch.no_grad()
+def encode_rows(model: ConVIRT, rows: Sequence[Row], batch_size: int = 64, device: str | torch.device = "cpu",
+                num_workers: int = 0, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Images of rows -> ([n_ok, d] embeddings, indices of the rows that decoded)."""
+    model.eval().to(device)
+    cfg = model.cfg.image
+    ds = PairDataset(list(rows), cfg.image_size, sample_sentences=False, with_text=False, cache_bytes=0)
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=Collate(None), num_workers=num_workers)
+    out, ok = [], []
+    for batch in loader:
+        if batch["images"].shape[0]:
+            x = to_model_input(batch["images"].to(device), cfg.mean, cfg.std, cfg.in_chans)
+            out.append(model.encode_image(x).float().cpu().numpy())
+            ok.extend(batch["index"].tolist())
+        if on_batch:
+            on_batch(len(batch["index"]) + len(batch["bad"]))
+    dim = model.cfg.projection.dim
+    return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), ok
+
+
+@torch.no_grad()
+def encode_texts(model: ConVIRT, texts: Sequence[str], batch_size: int = 128,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """Texts -> [n, d] embeddings (whole text, truncated to the tower's max_length)."""
+    model.eval().to(device)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = model.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                              max_length=model.cfg.text.max_length, return_tensors="pt")
+        out.append(model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.projection.dim), np.float32)

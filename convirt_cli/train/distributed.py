@@ -1,0 +1,54 @@
+"""torchrun support: process group from the environment, gather features with gradients."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def gather_with_grad(x: torch.Tensor, d: Dist) -> tuple[torch.Tensor, int]:
+    """[b_r, k] per rank -> ([sum b_r, k] in rank order, this rank's offset); gradients flow back.
+
+    Ranks may hold different b_r (a batch loses unreadable images), so pad to the largest, then trim.
+    """
+    if d.world == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(d.world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = torch.nn.functional.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))
+    parts = all_gather(padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0), sum(sizes[: d.rank])
+
+
+def all_reduce_mean(value: float, d: Dist, device: torch.device) -> float:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / d.world

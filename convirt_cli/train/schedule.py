@@ -1,0 +1,30 @@
+"""Learning-rate schedules as pure functions of the step (nanoGPT style), plus the paper's plateau rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr: linear warmup to 1, then cosine decay to min_ratio at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """ConVIRT decays the lr by `factor` when the validation loss stops improving for `patience` epochs."""
+
+    scale: float = 1.0
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def update(self, val_loss: float, factor: float = 0.5, patience: int = 3) -> "Plateau":
+        if val_loss < self.best - 1e-4:
+            return Plateau(self.scale, val_loss, 0)
+        if self.bad_epochs + 1 >= patience:
+            return Plateau(self.scale * factor, self.best, 0)
+        return Plateau(self.scale, self.best, self.bad_epochs + 1)
