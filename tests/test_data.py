@@ -1,0 +1,85 @@
+"""Readers, validation and splits on real (messy) data and on small hand-made tables."""
+
+import json
+
+import pytest
+
+from convirt_cli.data.readers import read_rows
+from convirt_cli.data.split import split_rows
+from convirt_cli.data.text import split_sentences
+from convirt_cli.data.validate import validate_rows
+from convirt_cli.errors import ConvirtError
+
+
+def test_covid_manifest_with_flags_only(covid_csv):
+    rows = read_rows(covid_csv, image_col="image", text_col="report")
+    assert len(rows) == 447
+    v = validate_rows(rows)
+    assert len(v.usable) == 360 and v.reasons() == {"empty text": 87}  # the data README's counts
+    assert v.skipped[0][0].source.startswith("manifest.csv:")
+
+
+def test_missing_column_names_the_file_and_flag(covid_csv):
+    with pytest.raises(ConvirtError, match=r"manifest.csv: no column 'text'.*--text-col"):
+        read_rows(covid_csv)
+
+
+def test_strict_fails_on_first_bad_row(covid_csv):
+    with pytest.raises(ConvirtError, match=r"manifest.csv:\d+: empty text"):
+        validate_rows(read_rows(covid_csv, text_col="report"), strict=True)
+
+
+def _png(path):
+    from PIL import Image
+
+    Image.new("L", (8, 8), 128).save(path)
+
+
+def test_jsonl_folder_and_bad_files(tmp_path):
+    _png(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    lines = [{"image": "a.png", "text": "Effusion. Cardiomegaly."}, {"image": "b.png", "text": "x y z"},
+             {"image": "gone.png", "text": "abc"}]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    v = validate_rows(read_rows(tmp_path))
+    assert [r.image.name for r in v.usable] == ["a.png"]
+    assert sorted(v.reasons().items()) == [("missing image file", 1), ("unreadable image", 1)]
+
+
+def test_folder_of_images_with_txt(tmp_path):
+    _png(tmp_path / "x1.png")
+    (tmp_path / "x1.txt").write_text("No acute findings.")
+    _png(tmp_path / "x2.png")
+    rows = read_rows(tmp_path)
+    assert [(r.image.name, r.text) for r in rows] == [("x1.png", "No acute findings."), ("x2.png", "")]
+    assert len(validate_rows(rows).usable) == 1
+
+
+def test_patient_split_keeps_patients_together(covid_csv):
+    rows = validate_rows(read_rows(covid_csv, text_col="report")).usable
+    s = split_rows(rows, val_fraction=0.2, test_fraction=0.1, patient_col="patientid", seed=3)
+    pats = {k: {r.columns["patientid"] for r in v} for k, v in s.items()}
+    assert not (pats["train"] & pats["val"]) and not (pats["train"] & pats["test"]) and not (pats["val"] & pats["test"])
+    assert sum(len(v) for v in s.values()) == len(rows)
+    assert 0.1 < len(s["val"]) / len(rows) < 0.35
+    assert split_rows(rows, 0.2, 0.1, patient_col="patientid", seed=3) == s  # deterministic
+
+
+def test_patient_column_is_detected(covid_csv):
+    rows = validate_rows(read_rows(covid_csv, text_col="report")).usable
+    assert split_rows(rows, 0.2, seed=1) == split_rows(rows, 0.2, patient_col="patientid", seed=1)
+
+
+def test_split_column_values_case_insensitive(tmp_path):
+    (tmp_path / "p.csv").write_text("image,text,s\na.png,t,Train\nb.png,t,VALID\nc.png,t,validation\nd.png,t,test\n")
+    s = split_rows(read_rows(tmp_path / "p.csv"), split_col="s")
+    assert {k: len(v) for k, v in s.items()} == {"train": 1, "val": 2, "test": 1}
+    (tmp_path / "q.csv").write_text("image,text,s\na.png,t,foo\n")
+    with pytest.raises(ConvirtError, match=r"q.csv:2: split value 'foo'"):
+        split_rows(read_rows(tmp_path / "q.csv"), split_col="s")
+
+
+def test_sentences():
+    assert split_sentences("Heart is normal. Small left effusion.\nNo pneumothorax!") == [
+        "Heart is normal.", "Small left effusion.", "No pneumothorax!"]
+    assert split_sentences("1. 2.") == ["1. 2."]

