@@ -29,6 +29,22 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+class _AllGather(torch.autograd.Function):
+    """Equal-sized all_gather whose backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
 def gather_with_grad(x: torch.Tensor, d: Dist) -> tuple[torch.Tensor, int]:
     """[b_r, k] per rank -> ([sum b_r, k] in rank order, this rank's offset); gradients flow back.
 
@@ -36,14 +52,13 @@ def gather_with_grad(x: torch.Tensor, d: Dist) -> tuple[torch.Tensor, int]:
     """
     if d.world == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
-
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(d.world)]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
     sizes = [int(s) for s in sizes]
-    padded = torch.nn.functional.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))
-    parts = all_gather(padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0), sum(sizes[: d.rank])
+    big = max(sizes)
+    gathered = _AllGather.apply(torch.nn.functional.pad(x, (0, 0, 0, big - x.shape[0])))
+    parts = [gathered[r * big: r * big + n] for r, n in enumerate(sizes)]
+    return torch.cat(parts, dim=0), sum(sizes[: d.rank])
 
 
 def all_reduce_mean(value: float, d: Dist, device: torch.device) -> float:

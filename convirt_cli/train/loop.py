@@ -129,12 +129,13 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
         device = torch.device("cuda", dist_.local_rank)
         torch.cuda.set_device(device)
 
+    if not dist_.main:
+        rep = NullReporter()  # one progress bar, from rank 0
     rows = read_rows(cfg.data, cfg.image_col, cfg.text_col)
     checked = validate_rows(rows, need_text=True, strict=cfg.strict)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     train_rows, val_rows = splits["train"], splits["val"]
-    if dist_.main:
-        rep.data_summary(checked, {k: len(v) for k, v in splits.items()})
+    rep.data_summary(checked, {k: len(v) for k, v in splits.items()})
     if len(train_rows) < 2:
         raise ConvirtError(f"only {len(train_rows)} training pairs after the split; need at least 2")
 

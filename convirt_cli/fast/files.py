@@ -1,0 +1,57 @@
+"""Atomic file writes and the weights fingerprint (torch-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write beside `path`, then rename: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def weights_fingerprint(model_dir: Path) -> str:
+    """sha256 over the weight files of a saved model (heads + towers), 16 hex digits.
+
+    Computed from files, not tensors, so an ONNX export, an index and a run can be matched without torch.
+    """
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
+                   and p.relative_to(model_dir).parts[0] in ("image", "text", "heads.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no weight files")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(model_dir).as_posix().encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
