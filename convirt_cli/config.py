@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from convirt_cli.errors import ConvirtError
 
@@ -118,3 +118,146 @@ class PretrainConfig(DataSettings):
     lam: float | None = None
     checkpoint_every: int = 0  # steps; 0: at the end of every epoch
     plot: bool = True
+
+
+def _comma_list(value: Any) -> Any:
+    """'a,b' (a flag or CONVIRT_* env var) -> ['a', 'b']; lists (from convirt.toml) pass through."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class FinetuneConfig(DataSettings):
+    """`convirt finetune`: inits x label fractions x seeds, linear probe or full fine-tuning."""
+
+    section: ClassVar[str] = "finetune"
+
+    data: Path
+    init: Annotated[list[str], NoDecode] = ["random"]  # run dirs, presets, `random`, `latest`
+    model: str = "tiny"  # the preset `random` (and a preset init) builds
+    pretrained: bool = False  # preset inits: hub weights (e.g. ImageNet); `random` never
+    labels: Annotated[list[str], NoDecode] = []
+    task: Literal["auto", "multilabel", "multiclass", "regression"] = "auto"
+    missing: Annotated[list[str], NoDecode] = []  # extra values meaning "no label", e.g. -1 (uncertain)
+    mode: Literal["linear", "full"] = "linear"
+    label_fraction: Annotated[list[float], NoDecode] = [1.0]
+    seeds: int = 1
+    test_fraction: float = 0.2  # patients held out for test when there is no --split-col
+    epochs: int = 20  # full: the most epochs; early stopping usually ends sooner
+    patience: int = 5  # full: epochs without a better validation metric before stopping
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    image_size: int | None = None  # None: the init's
+    metric: str | None = None  # table/plot/early-stopping metric; None: macro_auc | auc | r2
+    bootstrap: int = 1000  # resamples for the test 95% intervals (0: none)
+    out: Path | None = None
+    name: str | None = None
+    save_models: bool = True
+    plot: bool = True
+
+    _split = field_validator("init", "labels", "missing", "label_fraction", mode="before")(_comma_list)
+
+    @field_validator("label_fraction")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"label fractions must lie in (0, 1], got {v}")
+        return sorted(set(v))
+
+    @field_validator("seeds", "epochs", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class ExportConfig(CommandSettings):
+    """`convirt export`: a run -> ONNX graphs + tokenizer + preprocess/manifest (default RUN/onnx)."""
+
+    section: ClassVar[str] = "export"
+
+    run: Path | None = None  # None: the latest run in runs_dir
+    onnx: bool = True
+    out: Path | None = None
+    fp16: bool = False
+    int8_text: bool = False
+    opset: int = 18
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+
+
+class ServeSettings(CommandSettings):
+    """What embed / retrieve / evaluate / classify share: which model, which backend, where."""
+
+    model: str | None = None  # run dir or ONNX export; None: the latest run (retrieve: the index's model)
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    device: Device = "auto"
+    batch_size: int = 64
+    threads: int | None = None  # onnxruntime / torch intra-op threads (None: all cores)
+    runs_dir: Path = Path("runs")
+
+
+class EmbedConfig(ServeSettings):
+    section: ClassVar[str] = "embed"
+
+    input: str
+    out: Path
+    kind: Literal["image", "text"] | None = None  # None: guessed from INPUT (tables: image)
+    append: bool = False
+    image_col: str = "image"
+    text_col: str = "text"
+
+
+class RetrieveConfig(ServeSettings):
+    section: ClassVar[str] = "retrieve"
+
+    query: list[str] = []
+    image: list[Path] = []
+    queries: str | None = None  # file of lines (texts or image paths), or "-" for stdin
+    index: Path | None = None  # None: <runs_dir>/latest-index
+    k: int = 10
+    format: Literal["table", "jsonl", "csv", "paths", "html"] = "table"
+    out: Path | None = None  # html: write here instead of stdout
+    exact: bool = False  # ignore a FAISS index
+
+
+class IndexBuildConfig(CommandSettings):
+    section: ClassVar[str] = "index"
+
+    index: Path | None = None
+    faiss: bool = True
+    kind: Literal["hnsw", "ivf", "flat"] = "hnsw"
+    nlist: int | None = None
+    m: int = 32
+    ef_search: int = 128
+    nprobe: int = 16
+    runs_dir: Path = Path("runs")
+
+
+class ZeroShotSettings(ServeSettings):
+    """Labelled data for evaluate retrieval / classify."""
+
+    data: Path
+    label_col: str
+    image_col: str = "image"
+    ignore_label: list[str] = [""]
+    prompts: Path | None = None  # JSON {label: [text, ...]}
+    out: Path | None = None  # also write the JSON report here
+    format: Literal["table", "json"] = "table"
+    seed: int = 0
+
+
+class EvaluateRetrievalConfig(ZeroShotSettings):
+    section: ClassVar[str] = "evaluate"
+
+    text_col: str = "text"
+    queries_per_class: int = 5
+    k: list[int] = [5, 10, 50]
+
+
+class ClassifyConfig(ZeroShotSettings):
+    section: ClassVar[str] = "classify"
+
+    template: str = "{label}"

@@ -45,3 +45,45 @@ def encode_texts(model: ConVIRT, texts: Sequence[str], batch_size: int = 128,
                               max_length=model.cfg.text.max_length, return_tensors="pt")
         out.append(model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.projection.dim), np.float32)
+
+
+class TorchEncoder:
+    """The torch twin of fast.encoder.OnnxEncoder (same preprocessing and batching), for runs without an export."""
+
+    backend = "torch"
+
+    def __init__(self, run, device: str = "auto", threads: int | None = None):
+        from pathlib import Path
+
+        from convirt_cli.export import preprocess_spec
+        from convirt_cli.fast.files import weights_fingerprint
+        from convirt_cli.model import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = Path(run)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.device_used = self.device.type
+        self.model = load_model(self.path).eval().to(self.device)
+        self.pre = preprocess_spec(self.model)
+        self.dim = self.model.cfg.projection.dim
+        self.fingerprint = weights_fingerprint(self.path)
+
+    @torch.no_grad()
+    def image_forward(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.encode_image(torch.from_numpy(pixels).to(self.device)).float().cpu().numpy()
+
+    def encode_images(self, paths, batch_size: int = 64, on_progress=None):
+        from convirt_cli.fast.encoder import encode_image_paths
+
+        return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+
+    def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            chunk = list(texts[i:i + batch_size])
+            out.append(encode_texts(self.model, chunk, batch_size, self.device))
+            if on_progress:
+                on_progress(len(chunk))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

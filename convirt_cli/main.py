@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from convirt_cli.commands import models, pretrain
+from convirt_cli.commands import finetune, models, pretrain
+from convirt_cli.commands import classify, embed, evaluate, export, index, retrieve
 from convirt_cli.errors import ConvirtError
 
 app = typer.Typer(
@@ -18,6 +19,13 @@ app = typer.Typer(
 )
 app.command("models", no_args_is_help=False)(models.models)
 app.command("pretrain", no_args_is_help=True)(pretrain.pretrain)
+app.command("export", no_args_is_help=False)(export.export)
+app.command("embed", no_args_is_help=True)(embed.embed)
+app.command("retrieve", no_args_is_help=True)(retrieve.retrieve)
+app.command("classify", no_args_is_help=True)(classify.classify)
+app.add_typer(evaluate.app, name="evaluate")
+app.add_typer(index.app, name="index")
+app.command("finetune", no_args_is_help=True)(finetune.finetune)
 
 
 def run() -> None:

@@ -33,3 +33,31 @@ def loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.legend()
     _save(fig, path)
     plt.close(fig)
+
+
+def data_efficiency(table: dict, path: Path, title: str = "") -> None:
+    """The paper's data-efficiency figure: metric vs label fraction (log x), one line per init, +- sd."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for row in table["rows"]:
+        pts = [(float(f), c["mean"], c["sd"]) for f, c in row["cells"].items()]
+        if not pts:
+            continue
+        pts.sort()
+        xs, ms, sds = zip(*pts)
+        ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=row["init"])
+    ax.set_xscale("log")
+    fr = table["fractions"]
+    ax.set_xticks(fr, [f"{f * 100:g}%" for f in fr])
+    ax.minorticks_off()
+    ax.set_xlabel("label fraction")
+    ax.set_ylabel(f"{table['split']} {table['metric']}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

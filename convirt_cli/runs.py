@@ -12,7 +12,6 @@ from typing import Any
 
 from convirt_cli.errors import ConvirtError
 from convirt_cli.registry import is_run_dir
-from convirt_cli.train.checkpoint import atomic_write_text
 
 LATEST = "latest"
 
@@ -22,6 +21,8 @@ def new_run_name(model: str) -> str:
 
 
 def set_latest(runs_dir: Path, run: Path) -> None:
+    from convirt_cli.train.checkpoint import atomic_write_text  # lazy: resolve_run stays torch-free for retrieve
+
     atomic_write_text(runs_dir / LATEST, str(run.resolve()) + "\n")
 
 
@@ -47,6 +48,8 @@ def resolve_run(spec: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
+    from convirt_cli.train.checkpoint import atomic_write_text
+
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 

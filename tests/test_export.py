@@ -1,0 +1,111 @@
+"""`convirt export`: graphs match torch (checked here independently of the export's own check), int8 and
+fp16 stay within their thresholds, and a failing parity check aborts without writing anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from convirt_cli.errors import ConvirtError
+from convirt_cli.export import export_onnx, parity_inputs
+from convirt_cli.fast.encoder import OnnxEncoder
+from convirt_cli.fast.files import weights_fingerprint
+from convirt_cli.model import load_model
+
+
+def test_export_folder_contents(tiny_export, tiny_run):
+    names = {p.name for p in tiny_export.iterdir()}
+    assert {"image.onnx", "text.onnx", "tokenizer.json", "preprocess.json", "manifest.json"} <= names
+    man = json.loads((tiny_export / "manifest.json").read_text())
+    pre = json.loads((tiny_export / "preprocess.json").read_text())
+    model = load_model(tiny_run)
+    assert man["fingerprint"] == weights_fingerprint(tiny_run) and man["dim"] == model.cfg.projection.dim
+    assert man["precision"] == {"image": "fp32", "text": "fp32"} and man["opset"] == 18
+    assert man["parity"]["image"]["max_abs_diff"] <= 1e-4 and man["parity"]["text"]["min_cosine"] >= 0.9999
+    assert pre["image_size"] == model.cfg.image.image_size and pre["max_length"] == model.cfg.text.max_length
+    assert pre["mean"] == model.cfg.image.mean[:pre["channels"]]
+
+
+def test_fp32_parity_independent(tiny_export, tiny_run):
+    """Fresh inputs (seed 7, batch 3 and 7, texts padded to different lengths) through onnxruntime vs torch."""
+    model = load_model(tiny_run).eval()
+    pixels, texts = parity_inputs(model, seed=7, n=7)
+    enc = OnnxEncoder(tiny_export, device="cpu")
+    with torch.no_grad():
+        ref_i = model.encode_image(torch.from_numpy(pixels)).numpy()
+        tok = model.tokenizer(texts, padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                              return_tensors="pt")
+        ref_t = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
+    got_i = np.concatenate([enc.image_forward(pixels[:3]), enc.image_forward(pixels[3:])])
+    got_t = enc.encode_texts(texts, batch_size=3)
+    for ref, got in ((ref_i, got_i), (ref_t, got_t)):
+        assert np.abs(ref - got).max() <= 1e-4
+        assert ((ref * got).sum(1) / np.linalg.norm(got, axis=1)).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got_t, axis=1), 1.0, atol=1e-5)  # ends in the L2 norm
+
+
+def test_int8_text_export_within_thresholds(tmp_path, tiny_run):
+    folder, man = export_onnx(tiny_run, tmp_path / "int8", int8_text=True)
+    assert man["precision"] == {"image": "fp32", "text": "int8"}
+    model = load_model(tiny_run).eval()
+    _, texts = parity_inputs(model, seed=11, n=32)
+    with torch.no_grad():
+        tok = model.tokenizer(texts, padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                              return_tensors="pt")
+        ref = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
+    got = OnnxEncoder(folder, device="cpu").encode_texts(texts)
+    assert (ref * got).sum(1).min() >= 0.999
+    assert not np.array_equal(ref, got)  # it really is quantised
+    assert (folder / "text.onnx").stat().st_size < (folder / "image.onnx").stat().st_size * 10
+
+
+def test_failed_parity_aborts_and_writes_nothing(tmp_path, tiny_run, tiny_export, monkeypatch):
+    """Graphs whose weights are corrupted (a good export with noise added to one weight) must be refused."""
+    import onnx
+    from onnx import numpy_helper
+
+    import convirt_cli.export as ex
+
+    def corrupted_graphs(model, out, opset):
+        shutil.copy(tiny_export / "text.onnx", out / "text.onnx")
+        m = onnx.load(str(tiny_export / "image.onnx"))
+        init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
+        w = numpy_helper.to_array(init)
+        noise = np.random.default_rng(0).normal(0, w.std() + 1e-3, w.shape).astype(w.dtype)
+        init.CopyFrom(numpy_helper.from_array(w + noise, init.name))
+        onnx.save(m, str(out / "image.onnx"))
+        return "sdpa"
+
+    monkeypatch.setattr(ex, "export_graphs", corrupted_graphs)
+    out = tmp_path / "bad"
+    with pytest.raises(ConvirtError, match=r"parity check failed.*image \(fp32\): max\|diff\|"):
+        export_onnx(tiny_run, out)
+    assert not out.exists() and not list(tmp_path.iterdir())  # no half-written folder left behind
+
+
+def test_export_cli_latest_run(tmp_path, tiny_run, monkeypatch):
+    """`convirt export --onnx` with no RUN exports runs/latest; a bad RUN is one clear error."""
+    from typer.testing import CliRunner
+
+    from convirt_cli.main import app
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "latest").write_text(str(tiny_run) + "\n")
+    seen = {}
+    parity = {"precision": "fp32", "max_abs_diff": 0.0, "min_cosine": 1.0, "top10_overlap": 1.0}
+
+    def fake_export(run, out, **kw):
+        seen.update(run=run, out=out, **kw)
+        return out, {"parity": {"image": parity, "text": parity}, "fingerprint": "f"}
+
+    monkeypatch.setattr("convirt_cli.export.export_onnx", fake_export)
+    res = CliRunner().invoke(app, ["export", "--onnx", "--int8-text", "--runs-dir", str(runs), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert seen["run"] == tiny_run and seen["out"] == tmp_path / "e" and seen["int8_text"] and not seen["fp16"]
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--onnx"])
+    assert res.exit_code != 0 and isinstance(res.exception, ConvirtError) and "not a run directory" in str(res.exception)

@@ -1,0 +1,120 @@
+"""Pure-numpy parts of the fast path against independent references: blockwise search vs brute force,
+Precision@k on a hand-worked example, AUC vs scikit-learn, output formats, the HTML gallery."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from convirt_cli.evaluate.zeroshot import precision_report, roc_auc, split_queries
+from convirt_cli.fast import formats
+from convirt_cli.fast.gallery import render
+from convirt_cli.fast.search import search
+
+
+def brute_force(x: np.ndarray, q: np.ndarray, k: int):
+    """Reference: full score matrix, per query a stable sort by (-score, row)."""
+    s = q @ x.T
+    rows = np.array([sorted(range(len(x)), key=lambda j: (-s[i, j], j))[:k] for i in range(len(q))])
+    return np.take_along_axis(s, rows, 1), rows
+
+
+def unit(a):
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("block_bytes", [4 * 8 * 7, 4 * 8 * 64, 1 << 20])  # 7 rows, 64 rows, all at once
+def test_blockwise_search_equals_brute_force(block_bytes):
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(300, 8)))
+    x[50] = x[10]  # exact ties: the lower row must come first, across blocks too
+    x[299] = x[10]
+    q = unit(np.concatenate([rng.normal(size=(5, 8)), x[10:11]]))
+    s, r = search(x, q, k=12, block_bytes=block_bytes)
+    rs, rr = brute_force(x, q, 12)
+    np.testing.assert_array_equal(r, rr)
+    np.testing.assert_allclose(s, rs, rtol=1e-6, atol=1e-6)
+    assert list(r[-1][:3]) == [10, 50, 299]
+
+
+def test_search_k_larger_than_index_and_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    x = unit(rng.normal(size=(5, 4)))
+    np.save(tmp_path / "e.npy", x)
+    mm = np.load(tmp_path / "e.npy", mmap_mode="r")
+    _, r = search(mm, x[:2], k=10, block_bytes=32)
+    assert r.shape == (2, 5)
+    np.testing.assert_array_equal(r, brute_force(x, x[:2], 5)[1])
+
+
+def test_precision_at_k_hand_worked():
+    # 2 queries (A, B), 4 candidates labelled A A B B.
+    # query A ranks candidates 2,0,3,1 -> labels B A B A: P@1 = 0, P@2 = 1/2, P@4 = 2/4
+    # query B ranks candidates 2,3,0,1 -> labels B B A A: P@1 = 1, P@2 = 1,   P@4 = 2/4
+    sim = np.array([[0.8, 0.1, 0.9, 0.5],
+                    [0.3, 0.2, 0.9, 0.8]])
+    rep = precision_report(sim, ["A", "B"], ["A", "A", "B", "B"], ks=[1, 2, 4])
+    assert rep["per_class"]["A"] == {"P@1": 0.0, "P@2": 0.5, "P@4": 0.5}
+    assert rep["per_class"]["B"] == {"P@1": 1.0, "P@2": 1.0, "P@4": 0.5}
+    assert rep["mean"] == {"P@1": 0.5, "P@2": 0.75, "P@4": 0.5}
+
+
+def test_precision_mean_is_over_classes_not_queries():
+    # class A has 2 queries (P@1 = 1 and 0), class B one query (P@1 = 1): class mean (0.5 + 1) / 2
+    sim = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    rep = precision_report(sim, ["A", "A", "B"], ["A", "B"], ks=[1])
+    assert rep["per_class"]["A"]["P@1"] == 0.5 and rep["mean"]["P@1"] == 0.75
+
+
+def test_split_queries_holds_out_per_class_and_skips_small_classes():
+    labels = ["a"] * 10 + ["b"] * 4 + ["c"] * 3
+    q, c, classes = split_queries(labels, per_class=2, seed=3)
+    assert classes == ["a", "b"]
+    assert sorted(labels[i] for i in q) == ["a", "a", "b", "b"]
+    assert sorted(q + c) == list(range(len(labels))) and not set(q) & set(c)
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 200).astype(float)  # many ties
+    y = rng.random(200) < 0.3
+    assert roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert roc_auc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
+
+
+RESULTS = [{"query": {"text": "left effusion"},
+            "hits": [{"rank": 1, "score": 0.9, "item": {"id": 3, "path": "/d/a b.png", "source": "t.csv:5"}},
+                     {"rank": 2, "score": 0.5, "item": {"id": 7, "path": "/d/c.png", "source": "t.csv:9"}}]}]
+
+
+def test_formats_are_stable_and_parseable():
+    lines = formats.to_jsonl(RESULTS).splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [3, 7]
+    assert json.loads(lines[0]) == {"query": "left effusion", "query_kind": "text", "rank": 1, "score": 0.9, "id": 3,
+                                    "path": "/d/a b.png", "source": "t.csv:5"}
+    assert formats.to_paths(RESULTS) == "/d/a b.png\n/d/c.png\n"
+    csv_text = formats.to_csv(RESULTS)
+    assert csv_text.splitlines()[0] == ",".join(formats.FIELDS)
+    assert csv_text.splitlines()[1].startswith("left effusion,text,1,0.9,3,/d/a b.png,")
+
+
+def test_html_gallery_is_self_contained(tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("L", (300, 200), 128).save(img)
+    results = [{"query": {"text": "<script>alert(1)</script>"},
+                "hits": [{"rank": 1, "score": 0.7, "item": {"id": 0, "path": str(img), "source": "s"}},
+                         {"rank": 2, "score": 0.1, "item": {"id": 1, "path": str(tmp_path / "gone.png"), "source": "s"}}]}]
+    page = render(results)
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert "<script>" not in page  # the query text is escaped
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert len(srcs) == 1 and srcs[0].startswith("data:image/jpeg;base64,")  # inlined, nothing linked
+    assert "image unavailable" in page and "0.700" in page
+    assert not re.search(r'(href|src)="(?!data:)', page)

@@ -1,0 +1,249 @@
+"""`convirt finetune`: labels, label fractions, the classifier format, and real runs on PneumoniaMNIST / covid-cxr.
+
+Real runs are small on purpose (subset of rows, 28 px images upscaled to 64, tiny tower, few epochs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PNEUMONIA
+from typer.testing import CliRunner
+
+from convirt_cli.classifier import ImageClassifier, head_loss, load_classifier, save_classifier
+from convirt_cli.data.readers import Row
+from convirt_cli.errors import ConvirtError
+from convirt_cli.evaluate.labels import check_train_classes, parse_labels, sample_fraction
+from convirt_cli.main import app
+
+runner = CliRunner()
+
+
+def _rows(**cols: list[str]) -> list[Row]:
+    n = len(next(iter(cols.values())))
+    return [Row(image=Path(f"/x/{i}.png"), text="", source=f"t.csv:{i + 2}",
+                columns={k: v[i] for k, v in cols.items()}) for i in range(n)]
+
+
+def _subset(tmp: Path, per_split: dict[str, int]) -> Path:
+    """Every k-th row of each official split (absolute image paths), so both classes appear."""
+    with PNEUMONIA.open() as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for split, n in per_split.items():
+        part = [r for r in rows if r["split"] == split]
+        out += part[:: max(1, len(part) // n)][:n]
+    for r in out:
+        r["image"] = str(PNEUMONIA.parent / r["image"])
+    path = tmp / "pneumonia.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(out[0]))
+        w.writeheader()
+        w.writerows(out)
+    return path
+
+
+# ---------------------------------------------------------------- labels
+
+
+def test_parse_labels_for_each_task():
+    mc = parse_labels(_rows(c=["b", "a", "", "b"]), ["c"])
+    assert mc.task == "multiclass" and mc.names == ["a", "b"]
+    np.testing.assert_array_equal(mc.y, [1, 0, np.nan, 1])
+
+    ml = parse_labels(_rows(c=["x|y", "y", "", "z"]), ["c"])
+    assert ml.task == "multilabel" and ml.names == ["x", "y", "z"]
+    np.testing.assert_array_equal(ml.y, [[1, 1, 0], [0, 1, 0], [np.nan] * 3, [0, 0, 1]])
+
+    cols = parse_labels(_rows(a=["1", "0", "-1", ""], b=["0", "1", "1", "1.0"]), ["a", "b"], missing=["-1"])
+    np.testing.assert_array_equal(cols.y, [[1, 0], [0, 1], [np.nan, 1], [np.nan, 1]])
+
+    reg = parse_labels(_rows(age=["61", "", "7.5"]), ["age"], task="regression")
+    np.testing.assert_array_equal(reg.y, [61, np.nan, 7.5])
+    assert reg.num_outputs == 1
+
+
+def test_bad_labels_name_the_column_and_rows():
+    with pytest.raises(ConvirtError, match="no label column 'sexx'.*columns: sex"):
+        parse_labels(_rows(sex=["M"]), ["sexx"])
+    with pytest.raises(ConvirtError, match=r"'age' is not numeric in rows t.csv:3 \('unknown'\)"):
+        parse_labels(_rows(age=["61", "unknown"]), ["age"], task="regression")
+    with pytest.raises(ConvirtError, match=r"column 'a' must hold 0/1.*t.csv:2 \('-1'\)"):
+        parse_labels(_rows(a=["-1", "1"], b=["0", "1"]), ["a", "b"])  # -1 not declared missing
+    train = parse_labels(_rows(c=["a", "a", "b"]), ["c"])
+    with pytest.raises(ConvirtError, match="label column 'c': class.*'b' have no examples.*t.csv:2"):
+        check_train_classes(train.subset(np.array([0, 1])), _rows(c=["a", "a"]))
+
+
+def test_label_fractions_are_stratified_nested_and_fixed_by_seed():
+    y = ["rare"] * 5 + ["common"] * 995
+    labels = parse_labels(_rows(c=y), ["c"])
+    small = sample_fraction(labels, 0.01, seed=3)
+    assert np.any(labels.y[small] == labels.names.index("rare"))  # 1% of 5 rounds up to one example
+    assert len(small) == 1 + 10
+    np.testing.assert_array_equal(small, sample_fraction(labels, 0.01, seed=3))
+    assert set(small) <= set(sample_fraction(labels, 0.1, seed=3))  # nested
+    assert set(small) != set(sample_fraction(labels, 0.01, seed=4))
+
+    ml = parse_labels(_rows(a=["1"] + ["0"] * 99, b=["1"] * 99 + ["0"]), ["a", "b"])
+    idx = sample_fraction(ml, 0.02, seed=0)
+    for k in range(2):  # every label keeps a positive and a negative
+        assert set(ml.y[idx, k]) == {0.0, 1.0}
+
+
+def test_head_loss_masks_missing_targets():
+    logits = torch.tensor([[0.3, -1.0], [2.0, 0.5], [-0.7, 0.1]])
+    y = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [float("nan"), float("nan")]])
+    known = [(0, 0, 1.0), (1, 0, 0.0), (1, 1, 1.0)]
+    ref = np.mean([-(t * np.log(1 / (1 + np.exp(-float(logits[i, j])))) +
+                     (1 - t) * np.log(1 - 1 / (1 + np.exp(-float(logits[i, j]))))) for i, j, t in known])
+    assert float(head_loss("multilabel", logits, y)) == pytest.approx(ref, rel=1e-6)
+    yc = torch.tensor([1.0, float("nan"), 0.0])
+    ref_c = -(torch.log_softmax(logits, 1)[0, 1] + torch.log_softmax(logits, 1)[2, 0]) / 2
+    assert float(head_loss("multiclass", logits, yc)) == pytest.approx(float(ref_c), rel=1e-6)
+
+
+# ---------------------------------------------------------------- the saved classifier
+
+
+@pytest.mark.parametrize("task,names", [("multiclass", ["normal", "pneumonia"]), ("regression", ["age"])])
+def test_classifier_round_trip(tmp_path, task, names):
+    from convirt_cli.train.finetune import build_tower
+
+    torch.manual_seed(0)
+    model = ImageClassifier(build_tower("random", "tiny", False, 64, 0), task, names).eval()
+    save_classifier(model, tmp_path / "clf")
+    save_classifier(model, tmp_path / "clf")  # overwriting in place works (atomic swap)
+    back = load_classifier(tmp_path / "clf")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x))
+    assert back(x).shape == (3, 1 if task == "regression" else 2)
+    meta = json.loads((tmp_path / "clf" / "classifier.json").read_text())
+    assert meta["task"] == task and meta["label_names"] == names and meta["image"]["image_size"] == 64
+    assert back.image_cfg.image_size == 64
+    assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == ["classifier.json", "head.safetensors", "image"]
+
+
+# ---------------------------------------------------------------- real runs
+
+
+@pytest.mark.slow
+def test_linear_probe_sweep_on_pneumoniamnist(tmp_path, example_run):
+    """Pretrained tiny tower vs random, two fractions, two seeds: table, CSV, plot, reloadable models."""
+    data = _subset(tmp_path, {"train": 400, "val": 150, "test": 300})
+    out = tmp_path / "lin"
+    res = runner.invoke(app, ["finetune", str(data), "--init", f"{example_run},random", "--label", "label_name",
+                              "--split-col", "split", "--label-fraction", "0.1,1.0", "--seeds", "2",
+                              "--image-size", "64", "--device", "cpu", "--bootstrap", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    table = json.loads((out / "table.json").read_text())
+    assert table["metric"] == "auc" and table["split"] == "test" and table["fractions"] == [0.1, 1.0]
+    assert [r["init"] for r in table["rows"]] == ["run", "random(tiny)"]
+    for row in table["rows"]:
+        for cell in row["cells"].values():
+            assert cell["n"] == 2 and cell["mean"] > 0.6  # pneumonia vs normal is visible even at 64 px
+    assert (out / "table.csv").read_text().splitlines()[0] == "init,0.1 mean,0.1 sd,0.1 n,1 mean,1 sd,1 n"
+    assert (out / "data_efficiency.png").stat().st_size > 1000
+    records = json.loads((out / "results.json").read_text())["records"]
+    with data.open() as f:
+        train_labels = [r["label_name"] for r in csv.DictReader(f) if r["split"] == "train"]
+    per_class = [train_labels.count(c) for c in ("normal", "pneumonia")]
+    assert len(records) == 8
+    assert {r["n_train"] for r in records} == {sum(-(-n // 10) for n in per_class), 400}  # ceil(10%) per class
+    for r in records:
+        lo, hi = r["test_ci95"]["auc"]
+        assert lo <= r["test"]["auc"] <= hi
+    # the saved classifier reproduces the recorded test AUC from pixels
+    from convirt_cli.evaluate.metrics import roc_auc
+    from convirt_cli.imageio import load_gray
+    from convirt_cli.train.finetune import predict
+
+    rec = records[2]
+    clf = load_classifier(Path(rec["model_dir"]))
+    with data.open() as f:
+        test = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    imgs = np.stack([load_gray(r["image"], 64)[None] for r in test])
+    y = np.array([r["label_name"] == "pneumonia" for r in test])
+    assert roc_auc(y, predict(clf, imgs, torch.device("cpu"))[:, 1]) == pytest.approx(rec["test"]["auc"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_full_finetune_from_random_learns_pneumonia(tmp_path):
+    data = _subset(tmp_path, {"train": 256, "val": 96, "test": 300})
+    out = tmp_path / "full"
+    res = runner.invoke(app, ["finetune", str(data), "--init", "random", "--model", "tiny", "--label", "label_name",
+                              "--split-col", "split", "--mode", "full", "--epochs", "6", "--lr", "3e-3",
+                              "--image-size", "64", "--device", "cpu", "--bootstrap", "100", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rec = json.loads((out / "results.json").read_text())["records"][0]
+    assert rec["mode"] == "full" and 1 <= rec["best_epoch"] <= rec["epochs_run"] <= 6
+    assert rec["test"]["auc"] > 0.7  # chance is 0.5: a margin of 0.2 after <= 48 steps from random weights (0.88 seen)
+    assert load_classifier(Path(rec["model_dir"])).task == "multiclass"
+
+
+@pytest.mark.slow
+def test_demographic_probes_on_covid_cxr(tmp_path, tiny_run, covid_csv):
+    """RAD-DINO's demographic probe: sex (blank rows masked) and age regression, patient-level split."""
+    common = ["--init", str(tiny_run), "--image-size", "64", "--device", "cpu", "--bootstrap", "50",
+              "--no-save-models", "--no-plot"]
+    res = runner.invoke(app, ["finetune", str(covid_csv), "--label", "sex", "--out", str(tmp_path / "sex"), *common])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    sex = json.loads((tmp_path / "sex" / "results.json").read_text())
+    assert sex["summary"]["skip_reasons"]["no label"] == 41 and sex["summary"]["usable"] == 406
+    rec = sex["records"][0]
+    assert rec["n_train"] + rec["n_val"] + rec["n_eval"] == 406 and rec["n_eval"] > 0  # patient-level test split
+    assert 0.0 <= rec["test_ci95"]["auc"][0] <= rec["test"]["auc"] <= rec["test_ci95"]["auc"][1] <= 1.0
+    res = runner.invoke(app, ["finetune", str(covid_csv), "--task", "regression", "--label", "age",
+                              "--out", str(tmp_path / "age"), *common])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    age = json.loads((tmp_path / "age" / "results.json").read_text())
+    assert age["metric"] == "r2" and age["summary"]["usable"] == 447 - 111
+    assert 0 < age["records"][0]["test"]["mae"] < 40  # years; the mean predictor's MAE is about 14
+
+
+def test_multilabel_columns_with_bad_images_on_example_data(tmp_path):
+    """0/1 columns -> per-label AUC/AUPRC; a corrupt and a missing image are skipped and counted."""
+    from conftest import EXAMPLES
+
+    with (EXAMPLES / "pairs.csv").open() as f:
+        rows = list(csv.DictReader(f))[:160]
+    for r in rows:
+        r["image"] = str(EXAMPLES / r["image"])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    rows[0]["image"] = str(tmp_path / "broken.png")
+    rows[1]["image"] = str(tmp_path / "gone.png")
+    data = tmp_path / "pairs.csv"
+    with data.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "ml"
+    labels = "cardiomegaly,pleural_effusion,pneumothorax"
+    res = runner.invoke(app, ["finetune", str(data), "--labels", labels, "--split-col", "split", "--image-size", "32",
+                              "--device", "cpu", "--bootstrap", "20", "--no-plot", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"]["skipped"] == 2 and results["summary"]["usable"] == 158
+    test = results["records"][0]["test"]
+    assert results["metric"] == "macro_auc" and set(test) == {"macro_auc", "macro_auprc"} | {
+        f"{m}/{k}" for m in ("auc", "auprc") for k in labels.split(",")}
+    assert test["macro_auc"] == pytest.approx(np.nanmean([test[f"auc/{k}"] for k in labels.split(",")]))
+    clf = load_classifier(Path(results["records"][0]["model_dir"]))
+    assert clf.task == "multilabel" and clf.label_names == labels.split(",") and clf.head.out_features == 3
+
+
+def test_cli_errors_are_one_line(tmp_path, covid_csv):
+    res = runner.invoke(app, ["finetune", str(covid_csv), "--label", "gender"])
+    assert isinstance(res.exception, ConvirtError) and "no label column 'gender'" in str(res.exception)
+    res = runner.invoke(app, ["finetune", str(covid_csv), "--task", "regression", "--label", "sex"])
+    assert isinstance(res.exception, ConvirtError) and "'sex' is not numeric" in str(res.exception)
+    res = runner.invoke(app, ["finetune", str(covid_csv), "--label", "sex", "--metric", "r2", "--init", "random"])
+    assert isinstance(res.exception, ConvirtError) and "not a multiclass metric" in str(res.exception)
+    res = runner.invoke(app, ["finetune", str(covid_csv), "--label", "sex", "--label-fraction", "0"])
+    assert isinstance(res.exception, ConvirtError) and "label_fraction" in str(res.exception)

@@ -1,0 +1,119 @@
+"""`convirt evaluate retrieval` and `convirt classify`: numbers recomputed independently (plain loops,
+scikit-learn), on covid-cxr with `finding` as the label and on the bundled example data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from convirt_cli.main import app
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def labelled(covid_csv: Path) -> list[dict]:
+    with covid_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["finding"] not in ("", "todo")]
+    return [r | {"path": str((covid_csv.parent / r["image"]).resolve())} for r in rows]
+
+
+def naive_precision(q: np.ndarray, q_lab: str, cands: np.ndarray, c_labs: list[str], k: int) -> float:
+    scores = [(float(q @ c), -j) for j, c in enumerate(cands)]
+    top = [-j for _, j in sorted(scores, reverse=True)[:k]]
+    return sum(c_labs[j] == q_lab for j in top) / k
+
+
+def test_evaluate_retrieval_covid_finding(covid_csv, tiny_export, tmp_path):
+    out = tmp_path / "r.json"
+    res = invoke("evaluate", "retrieval", covid_csv, "--label-col", "finding", "--text-col", "report",
+                 "--ignore-label", "todo", "--ignore-label", "", "--queries-per-class", "4", "--model", tiny_export,
+                 "--format", "json", "--out", out)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert json.loads(out.read_text()) == rep
+    rows = labelled(covid_csv)
+    assert rep["classes"] == sorted(c for c in {r["finding"] for r in rows} if sum(x["finding"] == c for x in rows) >= 8)
+    # independent recomputation: encode every labelled image, drop the queries, rank by a plain loop
+    from convirt_cli.fast.encoder import OnnxEncoder
+
+    enc = OnnxEncoder(tiny_export)
+    emb, _, bad = enc.encode_images([r["path"] for r in rows])
+    assert not bad
+    by_path = {r["path"]: (emb[i], r["finding"]) for i, r in enumerate(rows)}
+    queries = set(rep["query_images"])
+    assert len(queries) == 4 * len(rep["classes"]) and rep["candidates"] == len(rows) - len(queries)
+    cands = [(e, lab) for p, (e, lab) in by_path.items() if p not in queries]
+    c_emb, c_lab = np.stack([e for e, _ in cands]), [lab for _, lab in cands]
+    for k in (5, 10, 50):
+        per_class = {}
+        for p in rep["query_images"]:
+            e, lab = by_path[p]
+            per_class.setdefault(lab, []).append(naive_precision(e, lab, c_emb, c_lab, k))
+        for lab, vals in per_class.items():
+            assert rep["image_to_image"]["per_class"][lab][f"P@{k}"] == pytest.approx(np.mean(vals), abs=1e-9)
+        assert rep["image_to_image"]["mean"][f"P@{k}"] == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]))
+    # text queries are the query rows' reports; check one class's P@10 the same way
+    tq = rep["text_queries"]
+    assert tq and all(t["text"].strip() for t in tq)
+    lab = tq[0]["label"]
+    t_emb = enc.encode_texts([t["text"] for t in tq if t["label"] == lab])
+    assert rep["text_to_image"]["per_class"][lab]["P@10"] == pytest.approx(
+        np.mean([naive_precision(e, lab, c_emb, c_lab, 10) for e in t_emb]))
+
+
+def test_classify_metrics_independent(covid_csv, tiny_export):
+    from sklearn.metrics import roc_auc_score
+
+    res = invoke("classify", covid_csv, "--label-col", "finding", "--ignore-label", "todo", "--ignore-label", "",
+                 "--template", "chest x-ray showing {label}", "--model", tiny_export, "--format", "json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    rows = labelled(covid_csv)
+    classes = sorted({r["finding"] for r in rows})
+    from convirt_cli.fast.encoder import OnnxEncoder
+
+    enc = OnnxEncoder(tiny_export)
+    img, _, _ = enc.encode_images([r["path"] for r in rows])
+    txt = enc.encode_texts([f"chest x-ray showing {c}" for c in classes])
+    s = img @ txt.T
+    y = np.array([r["finding"] for r in rows])
+    assert rep["accuracy"] == pytest.approx(float((np.array(classes)[s.argmax(1)] == y).mean()))
+    for j, c in enumerate(classes):
+        assert rep["per_class"][c]["auc"] == pytest.approx(roc_auc_score(y == c, s[:, j]), abs=1e-6)
+
+
+def test_evaluate_errors_are_clear(covid_csv, tiny_export):
+    res = invoke("evaluate", "retrieval", covid_csv, "--label-col", "nope", "--model", tiny_export)
+    assert res.exit_code != 0 and "no column 'nope'" in str(res.exception)
+    res = invoke("evaluate", "retrieval", covid_csv, "--label-col", "finding", "--queries-per-class", "400",
+                 "--model", tiny_export)
+    assert res.exit_code != 0 and "lower --queries-per-class" in str(res.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="example_run (tiny, a few CPU steps) does not learn yet: its loss stays at "
+                                        "ln(batch); remove this marker when pretraining on examples/data learns")
+def test_trained_beats_untrained_on_example_data(example_run, tmp_path):
+    """Text->image Precision@10 (reports as queries, finding as label) of the trained run vs the same
+    architecture with fresh weights."""
+    from convirt_cli.model import create_model, save_model
+    from convirt_cli.registry import get_model_config
+
+    pairs = Path(__file__).resolve().parents[1] / "examples" / "data" / "pairs.csv"
+    with pairs.open() as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    save_model(create_model(get_model_config(example_run), texts=texts), tmp_path / "untrained")
+    scores = {}
+    for name, model in (("trained", example_run), ("untrained", tmp_path / "untrained")):
+        res = invoke("evaluate", "retrieval", pairs, "--label-col", "finding", "--model", model, "--backend", "torch",
+                     "--queries-per-class", "10", "--format", "json")
+        assert res.exit_code == 0, res.output
+        scores[name] = json.loads(res.stdout)["text_to_image"]["mean"]["P@10"]
+    assert scores["trained"] > scores["untrained"] + 0.05, scores
