@@ -13,10 +13,10 @@ Commands pass only the flags the user set (None = unset), so defaults never over
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import tomllib
 from pydantic import ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -102,6 +102,8 @@ class PretrainConfig(DataSettings):
     image_weights: Path | None = None
     text_weights: Path | None = None
     text_col: str = "text"
+    # the paper samples one report sentence per step; "report" feeds the whole text (easier, less noisy)
+    text_view: Literal["sentence", "report"] = "sentence"
     out: Path | None = None
     name: str | None = None
     resume: bool = False

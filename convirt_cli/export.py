@@ -65,19 +65,25 @@ class Variant:
         return "int8" if self.int8_text else ("fp16" if self.fp16 else "fp32")
 
 
-def preprocess_spec(model: ConVIRT) -> dict:
-    """Everything the torch-free path needs to turn a file or a string into graph inputs."""
-    im, tx, tok = model.cfg.image, model.cfg.text, model.tokenizer
+def image_preprocess(im) -> dict:
+    """How a file becomes the pixels input of an image graph, for image tower config `im`."""
     return {"image_size": im.image_size, "resize": "shorter side to image_size, bilinear", "crop": "center",
             "color": "grayscale, replicated to channels", "scale": 1 / 255, "mean": im.mean[:im.in_chans],
-            "std": im.std[:im.in_chans], "channels": im.in_chans, "max_length": tx.max_length,
+            "std": im.std[:im.in_chans], "channels": im.in_chans}
+
+
+def preprocess_spec(model: ConVIRT) -> dict:
+    """Everything the torch-free path needs to turn a file or a string into graph inputs."""
+    tx, tok = model.cfg.text, model.tokenizer
+    return image_preprocess(model.cfg.image) | {"max_length": tx.max_length,
             "padding": "longest", "truncation": True, "pad_id": tok.pad_token_id, "pad_token": tok.pad_token}
 
 
-def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], dynamic: dict, opset: int) -> None:
+def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], dynamic: dict, opset: int,
+                 outputs: tuple[str, ...] = ("embeds",)) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=names, output_names=["embeds"],
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=list(outputs),
                           dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
                           verbose=False)
 
@@ -137,18 +143,23 @@ def _words(model: ConVIRT) -> list[str]:
     return words or ["lung", "heart", "normal", "effusion"]
 
 
-def parity_inputs(model: ConVIRT, seed: int = 0, n: int = 48) -> tuple[np.ndarray, list[str]]:
-    """Smooth random grey images (through the real preprocessing) and texts of 1 word up to past max_length."""
+def random_pixels(im, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smooth random grey images with grain, through the real preprocessing of image tower config `im`."""
     from PIL import Image
 
     from convirt_cli.imageio import normalize_array
 
-    rng = np.random.default_rng(seed)
-    size, im = model.cfg.image.image_size, model.cfg.image
+    size = im.image_size
     gray = np.stack([np.asarray(Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).resize(
         (size, size), Image.Resampling.BICUBIC)) for _ in range(n)])
     gray = np.clip(gray + rng.normal(0, 8, gray.shape), 0, 255).astype(np.uint8)
-    pixels = normalize_array(gray, im.mean, im.std, im.in_chans)
+    return normalize_array(gray, im.mean, im.std, im.in_chans)
+
+
+def parity_inputs(model: ConVIRT, seed: int = 0, n: int = 48) -> tuple[np.ndarray, list[str]]:
+    """Random images (random_pixels) and texts of 1 word up to past max_length."""
+    rng = np.random.default_rng(seed)
+    pixels = random_pixels(model.cfg.image, rng, n)
     words = _words(model)
     lengths = [1, 3, model.cfg.text.max_length + 20] + list(rng.integers(2, 40, n - 3))
     texts = [" ".join(rng.choice(words, size=int(k))) for k in lengths]
@@ -257,6 +268,83 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, manifest
+
+
+class ClassifierGraph(nn.Module):
+    """pixels -> (scores [B, K]: probabilities or regression values, features [B, F]: the tower's pooled output)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from convirt_cli.classifier import scores_from_logits
+
+        feats = self.model.tower(pixels)
+        return scores_from_logits(self.model.task, self.model.head(feats)), feats
+
+
+def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = False, opset: int = 18,
+                           seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+    """A classifier saved by `convirt finetune` -> classifier.onnx (tower + head in one graph), preprocess.json
+    and manifest.json (task, label names), parity-checked against torch like the encoders."""
+    from convirt_cli.classifier import load_classifier
+    from convirt_cli.fast.files import read_json
+
+    stage = on_stage or (lambda s: None)
+    path = Path(path)
+    out = Path(out) if out is not None else path / "onnx"
+    stage("loading the classifier")
+    model = load_classifier(path).eval()
+    im = model.image_cfg
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        stage("exporting classifier.onnx")
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        _onnx_export(ClassifierGraph(model).eval(), (torch.randn(2, im.in_chans, im.image_size, im.image_size),),
+                     tmp / "classifier.onnx", ["pixels"], {"pixels": {0: batch}}, opset, ("scores", "features"))
+        if fp16:
+            stage("converting to fp16")
+            to_fp16(tmp / "classifier.onnx")
+        write_json(tmp / "preprocess.json", image_preprocess(im))
+        manifest = {"format": 1, "kind": "classifier", "task": model.task, "label_names": model.label_names,
+                    "source": str(path.resolve()), "fingerprint": weights_fingerprint(path), "opset": opset,
+                    "precision": "fp16" if fp16 else "fp32", "num_features": model.tower.num_features,
+                    "inputs": "pixels float32 [batch, C, S, S]",
+                    "outputs": {"scores": "sigmoid (multilabel) / softmax (multiclass) probabilities, or the "
+                                          "regression value, float32 [batch, K]",
+                                "features": "image tower output float32 [batch, F]"},
+                    "trained": read_json(path / "classifier.json").get("meta", {}),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
+        stage("checking parity against torch")
+        manifest["parity"] = check_classifier_parity(model, tmp / "classifier.onnx", fp16, seed)
+        write_json(tmp / "manifest.json", manifest)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, manifest
+
+
+def check_classifier_parity(model, graph: Path, fp16: bool, seed: int = 0, n: int = 24) -> dict:
+    """onnxruntime vs torch on fresh smooth random images in batches of 5: scores must agree."""
+    import onnxruntime as ort
+
+    pixels = random_pixels(model.image_cfg, np.random.default_rng(seed), n)
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(["scores"], {"pixels": pixels[i:i + 5]})[0] for i in range(0, n, 5)])
+    with torch.no_grad():
+        ref = model.predict(torch.from_numpy(pixels)).numpy()
+    scale = float(np.abs(ref).max()) if model.task == "regression" else 1.0
+    diff = float(np.abs(ref - got).max()) / max(scale, 1e-12)
+    limit = 1e-2 if fp16 else 1e-4
+    report = {"precision": "fp16" if fp16 else "fp32", "max_abs_diff": diff, "images": n,
+              "relative": model.task == "regression"}
+    if not diff <= limit:
+        raise ConvirtError(f"export parity check failed, nothing written: classifier scores max|diff| {diff:.3g} "
+                           f"(want <= {limit:g})")
+    return report
 
 
 def describe(manifest: dict) -> str:

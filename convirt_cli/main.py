@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from convirt_cli.commands import finetune, models, pretrain
-from convirt_cli.commands import classify, embed, evaluate, export, index, retrieve
+from convirt_cli.commands import (
+    classify,
+    embed,
+    evaluate,
+    export,
+    finetune,
+    index,
+    models,
+    pretrain,
+    retrieve,
+)
 from convirt_cli.errors import ConvirtError
 
 app = typer.Typer(
@@ -17,6 +29,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(config: Annotated[Path | None, typer.Option(
+        "--config", help="Settings file to read instead of ./convirt.toml (e.g. a recipe in examples/).")] = None) -> None:
+    """Learn medical image encoders from images paired with reports (ConVIRT, RAD-DINO), export and serve them."""
+    if config is not None:
+        if not config.is_file():
+            raise ConvirtError(f"--config {config}: no such file")
+        os.environ["CONVIRT_CONFIG"] = str(config)  # read by config.settings_file() in this process only
+
+
 app.command("models", no_args_is_help=False)(models.models)
 app.command("pretrain", no_args_is_help=True)(pretrain.pretrain)
 app.command("export", no_args_is_help=False)(export.export)

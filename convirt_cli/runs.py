@@ -21,7 +21,9 @@ def new_run_name(model: str) -> str:
 
 
 def set_latest(runs_dir: Path, run: Path) -> None:
-    from convirt_cli.train.checkpoint import atomic_write_text  # lazy: resolve_run stays torch-free for retrieve
+    from convirt_cli.train.checkpoint import (
+        atomic_write_text,  # lazy: resolve_run stays torch-free for retrieve
+    )
 
     atomic_write_text(runs_dir / LATEST, str(run.resolve()) + "\n")
 

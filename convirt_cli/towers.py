@@ -6,8 +6,8 @@ Offline, a missing download becomes one ConvirtError naming the weights and the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn

@@ -75,9 +75,9 @@ def _lung_geometry(anat: dict, jit: dict, size: int) -> dict:
     sep = anat["lung_sep"] * s
     return {
         # patient's right lung = image left
-        "right": dict(cx=cx - sep, cy=cy, ax=anat["lung_ax"] * s, ay=anat["lung_ay"] * s, lateral=-1),
-        "left": dict(cx=cx + sep + 1 * s, cy=cy + 2 * s, ax=anat["lung_ax"] * 0.94 * s,
-                     ay=anat["lung_ay"] * 0.95 * s, lateral=+1),
+        "right": {"cx": cx - sep, "cy": cy, "ax": anat["lung_ax"] * s, "ay": anat["lung_ay"] * s, "lateral": -1},
+        "left": {"cx": cx + sep + 1 * s, "cy": cy + 2 * s, "ax": anat["lung_ax"] * 0.94 * s,
+                     "ay": anat["lung_ay"] * 0.95 * s, "lateral": +1},
         "cx": cx,
         "cy": cy,
         "s": s,
@@ -87,7 +87,7 @@ def _lung_geometry(anat: dict, jit: dict, size: int) -> dict:
 def render_image(anat: dict, findings: dict, rng: np.random.Generator, size: int = 128,
                  grain: float = 0.0) -> np.ndarray:
     """Render one radiograph as a uint8 array (size x size)."""
-    jit = dict(dx=rng.uniform(-2.5, 2.5), dy=rng.uniform(-2.5, 2.5), rot=rng.uniform(-3.0, 3.0))
+    jit = {"dx": rng.uniform(-2.5, 2.5), "dy": rng.uniform(-2.5, 2.5), "rot": rng.uniform(-3.0, 3.0)}
     geo = _lung_geometry(anat, jit, size)
     s, cx, cy = geo["s"], geo["cx"], geo["cy"]
 
@@ -250,7 +250,7 @@ def _cap(s: str) -> str:
 
 
 def finding_sentence(name: str, f: dict, rng: np.random.Generator) -> str:
-    pick = lambda opts: opts[int(rng.integers(len(opts)))]  # noqa: E731
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]
     if name == "cardiomegaly":
         return pick([
             "The heart is enlarged",
@@ -313,7 +313,7 @@ def finding_sentence(name: str, f: dict, rng: np.random.Generator) -> str:
 
 
 def impression_phrase(name: str, f: dict, rng: np.random.Generator) -> str:
-    pick = lambda opts: opts[int(rng.integers(len(opts)))]  # noqa: E731
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]
     if name == "cardiomegaly":
         return pick(["cardiomegaly", "enlarged heart", "enlargement of the cardiac silhouette"])
     if name == "pleural effusion":
@@ -356,7 +356,7 @@ def normal_sentences(present: set) -> list:
 
 
 def make_report(findings: dict, rng: np.random.Generator) -> str:
-    pick = lambda opts: opts[int(rng.integers(len(opts)))]  # noqa: E731
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]
     present = set(findings)
     n_target = int(rng.integers(4, 8))  # 4..7 sentences
     head = [pick(TECHNIQUE)]
@@ -418,7 +418,7 @@ def blocked_sides(name: str, findings: dict) -> set:
 
 
 def sample_finding(name: str, rng: np.random.Generator, blocked: set = frozenset()) -> dict:
-    pick = lambda opts: opts[int(rng.integers(len(opts)))]  # noqa: E731
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]
     free = [s for s in ("right", "left") if s not in blocked]
     if name == "cardiomegaly":
         return {}
@@ -429,7 +429,7 @@ def sample_finding(name: str, rng: np.random.Generator, blocked: set = frozenset
         return {"side": pick(free), "size": pick(["small", "moderate", "large"])}
     if name == "nodule":
         radius = float(rng.uniform(3.2, 4.6))
-        return {"side": pick(free), "zone": pick(["upper", "lower"]), "radius": radius, "mm": int(round(radius * 2.6))}
+        return {"side": pick(free), "zone": pick(["upper", "lower"]), "radius": radius, "mm": round(radius * 2.6)}
     if name == "consolidation":
         side = pick(free)
         return {"side": side, "lobe": pick(["upper", "middle", "lower"] if side == "right" else ["upper", "lower"])}
@@ -477,8 +477,8 @@ def build(out: Path, seed: int, n_images: int, size: int, grain: float = 0.0, se
     # patient-level split, ~70/15/15
     n_pat = len(counts)
     perm = rng.permutation(n_pat)
-    n_val = int(round(0.15 * n_pat))
-    n_test = int(round(0.15 * n_pat))
+    n_val = round(0.15 * n_pat)
+    n_test = round(0.15 * n_pat)
     split_of = {}
     for rank, p in enumerate(perm):
         split_of[int(p)] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")

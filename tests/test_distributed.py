@@ -6,8 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 SCRIPT = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
     from convirt_cli.losses import convirt_loss

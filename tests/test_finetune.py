@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PNEUMONIA
+from conftest import EXAMPLES, PNEUMONIA
 from typer.testing import CliRunner
 
 from convirt_cli.classifier import ImageClassifier, head_loss, load_classifier, save_classifier
@@ -130,7 +130,56 @@ def test_classifier_round_trip(tmp_path, task, names):
     assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == ["classifier.json", "head.safetensors", "image"]
 
 
+@pytest.mark.parametrize("task,names", [("multilabel", ["effusion", "nodule", "edema"]), ("regression", ["age"])])
+def test_classifier_exports_to_onnx(tmp_path, task, names):
+    """`convirt export CLASSIFIER`: one graph (tower + head) whose scores match torch's predict() on new inputs."""
+    import onnxruntime as ort
+
+    from convirt_cli.train.finetune import build_tower
+
+    torch.manual_seed(1)
+    model = ImageClassifier(build_tower("random", "tiny", False, 64, 0), task, names).eval()
+    if task == "regression":
+        from convirt_cli.classifier import fold_target_scale
+
+        fold_target_scale(model.head, mean=55.0, std=12.0)  # values in years, as finetune saves them
+    save_classifier(model, tmp_path / "clf")
+    res = runner.invoke(app, ["export", str(tmp_path / "clf"), "--onnx", "--out", str(tmp_path / "onnx")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    man = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert man["kind"] == "classifier" and man["task"] == task and man["label_names"] == names
+    assert man["parity"]["max_abs_diff"] <= 1e-4
+    pre = json.loads((tmp_path / "onnx" / "preprocess.json").read_text())
+    assert pre["image_size"] == 64 and pre["channels"] == 3
+    x = torch.randn(5, 3, 64, 64)
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    scores, feats = sess.run(["scores", "features"], {"pixels": x.numpy()})
+    with torch.no_grad():
+        ref = model.predict(x).numpy()
+        ref_feats = model.tower(x).numpy()
+    assert scores.shape == (5, len(names) if task == "multilabel" else 1)
+    np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-4 * (60 if task == "regression" else 1))
+    np.testing.assert_allclose(feats, ref_feats, rtol=1e-4, atol=1e-4)
+    if task == "multilabel":
+        assert ((scores > 0) & (scores < 1)).all()  # probabilities, not logits
+    res = runner.invoke(app, ["export", str(tmp_path / "clf"), "--int8-text"])
+    assert res.exit_code != 0 and "no text tower" in str(res.exception)
+
+
 # ---------------------------------------------------------------- real runs
+
+
+@pytest.mark.slow
+def test_linear_probe_of_pretrained_tower_beats_chance_on_example_data(tmp_path, example_run):
+    """Linear probe (frozen pretrained tower) for the finding (6 balanced classes) on the held-out test split of
+    examples/data: chance is accuracy 1/6 and macro AUC 0.5."""
+    out = tmp_path / "probe"
+    res = runner.invoke(app, ["finetune", str(EXAMPLES / "pairs.csv"), "--init", str(example_run), "--label", "finding",
+                              "--split-col", "split", "--device", "cpu", "--bootstrap", "50", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    test = json.loads((out / "results.json").read_text())["records"][0]["test"]
+    assert test["accuracy"] >= 1 / 6 + 0.25, test
+    assert test["auc"] >= 0.5 + 0.25, test  # one-vs-rest, macro over classes
 
 
 @pytest.mark.slow

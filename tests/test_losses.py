@@ -67,6 +67,6 @@ def test_gathered_rows_equal_full_batch(batch):
 
 
 def test_temperature_sharpens(batch):
-    v, u = (torch.tensor(x) for x in batch)
+    _v, u = (torch.tensor(x) for x in batch)
     aligned = convirt_loss(u, u, tau=0.05)
     assert float(aligned) < float(convirt_loss(u, u, tau=1.0))

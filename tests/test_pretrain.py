@@ -54,7 +54,7 @@ def test_cli_user_mistake_is_one_line(tmp_path, covid_csv):
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "convirt_cli", "pretrain", str(covid_csv)],
+    p = subprocess.run([sys.executable, "-m", "convirt_cli", "pretrain", str(covid_csv)], check=False,
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
@@ -83,8 +83,8 @@ class KillAt:
 
 
 def test_resume_gives_the_same_weights(tmp_path, covid_csv):
-    common = dict(data=covid_csv, text_col="report", batch_size=8, max_steps=6, checkpoint_every=3,
-                  runs_dir=tmp_path / "runs", device="cpu", plot=False, val_fraction=0.6, seed=1)
+    common = {"data": covid_csv, "text_col": "report", "batch_size": 8, "max_steps": 6, "checkpoint_every": 3,
+                  "runs_dir": tmp_path / "runs", "device": "cpu", "plot": False, "val_fraction": 0.6, "seed": 1}
     straight = pretrain(PretrainConfig(out=tmp_path / "a", **common))
     with pytest.raises(Kill):
         pretrain(PretrainConfig(out=tmp_path / "b", **common), KillAt(3))

@@ -7,9 +7,8 @@ import torch
 
 from convirt_cli.errors import ConvirtError
 from convirt_cli.model import create_model
-from convirt_cli.registry import get_model_config, list_models, with_overrides
+from convirt_cli.registry import TextTowerConfig, get_model_config, list_models, with_overrides
 from convirt_cli.towers import TextTower
-from convirt_cli.registry import TextTowerConfig
 
 TEXTS = ["small left pleural effusion.", "heart size is enlarged.", "no acute cardiopulmonary process."] * 10
 

@@ -97,23 +97,33 @@ def test_evaluate_errors_are_clear(covid_csv, tiny_export):
     assert res.exit_code != 0 and "lower --queries-per-class" in str(res.exception)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="example_run (tiny, a few CPU steps) does not learn yet: its loss stays at "
-                                        "ln(batch); remove this marker when pretraining on examples/data learns")
-def test_trained_beats_untrained_on_example_data(example_run, tmp_path):
-    """Text->image Precision@10 (reports as queries, finding as label) of the trained run vs the same
-    architecture with fresh weights."""
+@pytest.fixture(scope="module")
+def untrained_example(example_run, tmp_path_factory) -> Path:
+    """The example run's architecture and tokenizer with fresh weights: the 'same model untrained'."""
     from convirt_cli.model import create_model, save_model
     from convirt_cli.registry import get_model_config
 
     pairs = Path(__file__).resolve().parents[1] / "examples" / "data" / "pairs.csv"
     with pairs.open() as f:
-        texts = [r["text"] for r in csv.DictReader(f)]
-    save_model(create_model(get_model_config(example_run), texts=texts), tmp_path / "untrained")
+        texts = [r["text"] for r in csv.DictReader(f) if r["split"] == "train"]
+    path = tmp_path_factory.mktemp("untrained") / "untrained"
+    save_model(create_model(get_model_config(example_run), texts=texts), path)
+    return path
+
+
+@pytest.mark.slow
+def test_trained_beats_untrained_on_example_data(example_run, untrained_example, example_heldout):
+    """Held-out text->image and image->image Precision@5 (finding as label, 6 balanced classes: chance ~0.17)
+    of the pretrained run vs the same architecture untrained, 12 queries per class. Seen on 2 CPU cores:
+    trained t2i 0.26 / i2i 0.37, untrained 0.16 / 0.28 (random conv features already group similar images)."""
     scores = {}
-    for name, model in (("trained", example_run), ("untrained", tmp_path / "untrained")):
-        res = invoke("evaluate", "retrieval", pairs, "--label-col", "finding", "--model", model, "--backend", "torch",
-                     "--queries-per-class", "10", "--format", "json")
+    for name, model in (("trained", example_run), ("untrained", untrained_example)):
+        res = invoke("evaluate", "retrieval", example_heldout, "--label-col", "finding", "--model", model,
+                     "--backend", "torch", "--queries-per-class", "12", "--format", "json")
         assert res.exit_code == 0, res.output
-        scores[name] = json.loads(res.stdout)["text_to_image"]["mean"]["P@10"]
-    assert scores["trained"] > scores["untrained"] + 0.05, scores
+        rep = json.loads(res.stdout)
+        scores[name] = {d: rep[d]["mean"]["P@5"] for d in ("text_to_image", "image_to_image")}
+    trained, untrained = scores["trained"], scores["untrained"]
+    assert trained["text_to_image"] >= untrained["text_to_image"] + 0.06, scores
+    assert trained["text_to_image"] >= 1 / 6 + 0.06, scores
+    assert trained["image_to_image"] >= untrained["image_to_image"] + 0.05, scores

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -60,29 +60,30 @@ def pretrain(
     image_weights: o.ImageWeights = None,
     text_weights: o.TextWeights = None,
     out: o.Out = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue the run in --out (or the newest one) from its last checkpoint.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its last checkpoint.")] = None,
     epochs: o.Epochs = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     batch_size: o.BatchSize = None,
     lr: o.Lr = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="cosine (warmup + cosine) | plateau (the paper's: halve on val plateau).")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps (default 5% of the run).")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Max gradient norm (0: off).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine (warmup + cosine) | plateau (the paper's: halve on val plateau).")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps (default 5% of the run).")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm (0: off).")] = None,
     image_size: o.ImageSize = None,
-    tau: Annotated[Optional[float], typer.Option(help="Temperature (default: the preset's, 0.1).")] = None,
-    lam: Annotated[Optional[float], typer.Option(help="Weight of the image->text loss (default 0.75).")] = None,
+    tau: Annotated[float | None, typer.Option(help="Temperature (default: the preset's, 0.1).")] = None,
+    lam: Annotated[float | None, typer.Option(help="Weight of the image->text loss (default 0.75).")] = None,
     seed: o.Seed = None,
     num_workers: o.NumWorkers = None,
     device: o.Device = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
+    text_view: Annotated[str | None, typer.Option(help="sentence (the paper's: one random report sentence per step) | report (the whole text).")] = None,
     split_col: o.SplitCol = None,
     patient_col: o.PatientCol = None,
     val_fraction: o.ValFraction = None,
     strict: o.Strict = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0: each epoch).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: each epoch).")] = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Pretrain ConVIRT (bidirectional image-text InfoNCE) and leave a run directory for later commands."""

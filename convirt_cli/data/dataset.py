@@ -8,7 +8,7 @@ batch and counted, never a crash.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class PairDataset(Dataset):
             return self.cache[i]
         try:
             arr = load_gray(self.rows[i].image, self.size)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any decoder failure means: skip and count this file
             return None
         if self.cache is not None:
             self.cache[i] = arr

@@ -73,7 +73,7 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable per-image Gaussian blur of x [B, 1, H, W] with sigma [B] (reflect padding)."""
     b, c, hgt, wid = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = max(1, math.ceil(3 * float(sigma.max())))
     k = gaussian_kernels(sigma.cpu(), radius).to(x)
     y = F.pad(x.reshape(1, b * c, hgt, wid), (radius, radius, radius, radius), mode="reflect")
     kc = k.repeat_interleave(c, 0)

@@ -30,7 +30,7 @@ def check_row(row: Row, need_text: bool) -> str | None:
     try:
         with Image.open(row.image) as im:  # reads the header only: cheap, catches non-images
             im.size  # noqa: B018
-    except Exception:
+    except Exception:  # noqa: BLE001 - any decoder failure means: not a usable image
         return "unreadable image"
     return None
 

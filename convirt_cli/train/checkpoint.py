@@ -58,7 +58,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     try:
         weights = load_file(str(path / "model.safetensors"))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported in one line, whatever broke the file
         raise ConvirtError(f"{path}: checkpoint unreadable ({type(e).__name__}: {e}); "
                            "delete it to resume from the previous one") from None
     model.load_state_dict(weights)

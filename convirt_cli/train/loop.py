@@ -27,7 +27,7 @@ from convirt_cli.model import ConVIRT, create_model, load_model, save_model
 from convirt_cli.registry import get_model_config, with_overrides
 from convirt_cli.runs import append_jsonl, new_run_name, read_jsonl, set_latest, write_json
 from convirt_cli.train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
-from convirt_cli.train.distributed import Dist, all_reduce_mean, gather_with_grad, init_distributed
+from convirt_cli.train.distributed import all_reduce_mean, gather_with_grad, init_distributed
 from convirt_cli.train.schedule import Plateau, warmup_cosine
 
 
@@ -155,7 +155,7 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
 
     size = mcfg.image.image_size
     collate = Collate(model.tokenizer, mcfg.text.max_length)
-    train_ds = PairDataset(train_rows, size, sample_sentences=True, seed=cfg.seed)
+    train_ds = PairDataset(train_rows, size, sample_sentences=cfg.text_view == "sentence", seed=cfg.seed)
     sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=dist_.rank, world=dist_.world)
     per_rank = len(sampler.indices())
     batch_size = min(cfg.batch_size, per_rank)

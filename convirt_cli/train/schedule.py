@@ -22,7 +22,7 @@ class Plateau:
     best: float = math.inf
     bad_epochs: int = 0
 
-    def update(self, val_loss: float, factor: float = 0.5, patience: int = 3) -> "Plateau":
+    def update(self, val_loss: float, factor: float = 0.5, patience: int = 3) -> Plateau:
         if val_loss < self.best - 1e-4:
             return Plateau(self.scale, val_loss, 0)
         if self.bad_epochs + 1 >= patience:
