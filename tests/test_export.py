@@ -63,6 +63,28 @@ def test_int8_text_export_within_thresholds(tmp_path, tiny_run):
     assert (folder / "text.onnx").stat().st_size < (folder / "image.onnx").stat().st_size * 10
 
 
+def test_fp16_export_within_thresholds(tmp_path, tiny_run):
+    """--fp16: half-precision weights inside, float32 in and out; embeddings within cosine 0.999 of torch."""
+    import onnx
+
+    folder, man = export_onnx(tiny_run, tmp_path / "fp16", fp16=True)
+    assert man["precision"] == {"image": "fp16", "text": "fp16"}
+    graph = onnx.load(str(folder / "image.onnx"))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    model = load_model(tiny_run).eval()
+    pixels, texts = parity_inputs(model, seed=13, n=9)
+    enc = OnnxEncoder(folder, device="cpu")
+    with torch.no_grad():
+        ref_i = model.encode_image(torch.from_numpy(pixels)).numpy()
+        tok = model.tokenizer(texts, padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                              return_tensors="pt")
+        ref_t = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
+    got_i, got_t = enc.image_forward(pixels), enc.encode_texts(texts)
+    assert got_i.dtype == np.float32 and (ref_i * got_i).sum(1).min() >= 0.999
+    assert (ref_t * got_t).sum(1).min() >= 0.999
+
+
 def test_failed_parity_aborts_and_writes_nothing(tmp_path, tiny_run, tiny_export, monkeypatch):
     """Graphs whose weights are corrupted (a good export with noise added to one weight) must be refused."""
     import onnx

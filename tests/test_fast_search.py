@@ -118,3 +118,26 @@ def test_html_gallery_is_self_contained(tmp_path):
     assert len(srcs) == 1 and srcs[0].startswith("data:image/jpeg;base64,")  # inlined, nothing linked
     assert "image unavailable" in page and "0.700" in page
     assert not re.search(r'(href|src)="(?!data:)', page)
+
+
+def test_faiss_recall_is_leave_one_out_and_matches_a_plain_count(tmp_path):
+    """An approximate HNSW (small m, efSearch) on random vectors: the reported recall@10 equals a count done
+    here, with each query's own row left out of both lists (else every query finds itself: inflated)."""
+    faiss = pytest.importorskip("faiss")
+    from convirt_cli.fast.index import build_faiss, open_index, write_index
+
+    x = unit(np.random.default_rng(3).normal(size=(3000, 32)))
+    write_index(tmp_path / "ix", x, [{"id": i, "text": str(i)} for i in range(len(x))],
+                {"dim": 32, "fingerprint": "f" * 16, "kind": "text", "model": "test"})
+    info = build_faiss(open_index(tmp_path / "ix"), "hnsw", m=4, ef_search=10, sample=200, seed=5)
+    fi = faiss.read_index(str(tmp_path / "ix" / "faiss.index"))
+    qi = np.random.default_rng(5).choice(len(x), size=200, replace=False)
+    _, approx = fi.search(x[qi], 11)
+    hits = []
+    for i, a in zip(qi, approx):
+        s = x @ x[i]
+        s[i] = -np.inf
+        exact = set(np.argsort(-s, kind="stable")[:10].tolist())
+        hits.append(len(exact & set([r for r in a.tolist() if r != i][:10])) / 10)
+    assert info["recall_at_10"] == pytest.approx(np.mean(hits))
+    assert 0.2 < info["recall_at_10"] < 0.99  # approximate for real: a self-match would not be counted

@@ -149,7 +149,10 @@ def latest_index(runs_dir: Path) -> Path:
 
 def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: int = 32, ef_search: int = 128,
                 nprobe: int = 16, sample: int = 1000, seed: int = 0) -> dict:
-    """Write faiss.index (+ faiss.json with its recall@10 against exact search on `sample` item queries)."""
+    """Write faiss.index (+ faiss.json with its recall@10 against exact search on `sample` item queries).
+
+    The queries are indexed items, so each query's own row is dropped from both result lists (leave-one-out):
+    finding an item itself is trivial and would inflate the recall."""
     try:
         import faiss
     except ImportError:
@@ -176,10 +179,15 @@ def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: i
     rng = np.random.default_rng(seed)
     qi = rng.choice(n, size=min(sample, n), replace=False)
     q = x[qi]
-    k = min(10, n)
-    _, exact = search(index.embeddings, q, k)
-    _, approx = fi.search(q, k)
-    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
+    k = min(10, n - 1)
+    _, exact = search(index.embeddings, q, k + 1)
+    _, approx = fi.search(q, k + 1)
+
+    def others(rows, own):
+        return [r for r in rows if r != own and r >= 0][:k]
+
+    recall = float(np.mean([len(set(others(a, i)) & set(others(e, i))) / k for a, e, i in zip(approx, exact, qi)])) \
+        if k > 0 else 1.0
     tmp = index.path / f".{FAISS_FILE}.tmp"
     faiss.write_index(fi, str(tmp))
     os.replace(tmp, index.path / FAISS_FILE)
