@@ -141,3 +141,24 @@ def test_faiss_recall_is_leave_one_out_and_matches_a_plain_count(tmp_path):
         hits.append(len(exact & set([r for r in a.tolist() if r != i][:10])) / 10)
     assert info["recall_at_10"] == pytest.approx(np.mean(hits))
     assert 0.2 < info["recall_at_10"] < 0.99  # approximate for real: a self-match would not be counted
+
+
+def test_weights_fingerprint_is_cached_and_follows_the_files(tmp_path):
+    import hashlib
+    import os
+
+    from convirt_cli.fast.files import FINGERPRINT_CACHE, weights_fingerprint
+
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "model.safetensors").write_bytes(b"abc")
+    (tmp_path / "heads.safetensors").write_bytes(b"xy")
+    (tmp_path / "notes.bin").write_bytes(b"not a tower file")
+    h = hashlib.sha256(b"heads.safetensors\0xyimage/model.safetensors\0abc").hexdigest()[:16]
+    assert weights_fingerprint(tmp_path) == h and (tmp_path / FINGERPRINT_CACHE).is_file()
+    cached = json.loads((tmp_path / FINGERPRINT_CACHE).read_text())
+    (tmp_path / FINGERPRINT_CACHE).write_text(json.dumps(cached | {"fingerprint": "from-the-cache"}))
+    assert weights_fingerprint(tmp_path) == "from-the-cache"  # unchanged files: not hashed again
+    (tmp_path / "heads.safetensors").write_bytes(b"xz")  # same size, new contents and mtime
+    st = (tmp_path / "heads.safetensors").stat()
+    os.utime(tmp_path / "heads.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert weights_fingerprint(tmp_path) == hashlib.sha256(b"heads.safetensors\0xzimage/model.safetensors\0abc").hexdigest()[:16]

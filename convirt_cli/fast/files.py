@@ -38,16 +38,39 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+FINGERPRINT_CACHE = ".fingerprint.json"
+
+
 def weights_fingerprint(model_dir: Path) -> str:
     """sha256 over the weight files of a saved model (heads + towers), 16 hex digits.
 
     Computed from files, not tensors, so an ONNX export, an index and a run can be matched without torch.
+    Hashing ClinicalBERT-sized weights takes a second or more, and embed/retrieve ask on every call, so the
+    result is kept in MODEL_DIR/.fingerprint.json beside the (path, size, mtime) of the files it covers and
+    reused while those are unchanged.
     """
     model_dir = Path(model_dir)
     files = sorted(p for p in model_dir.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
                    and p.relative_to(model_dir).parts[0] in ("image", "text", "heads.safetensors"))
     if not files:
         raise FileNotFoundError(f"{model_dir}: no weight files")
+    stamp = [[p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = model_dir / FINGERPRINT_CACHE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stamp:
+            return cached["fingerprint"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    fingerprint = _hash_files(model_dir, files)
+    try:
+        write_json(cache, {"fingerprint": fingerprint, "files": stamp})
+    except OSError:
+        pass  # a read-only run directory: hash again next time
+    return fingerprint
+
+
+def _hash_files(model_dir: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(model_dir).as_posix().encode() + b"\0")
