@@ -60,6 +60,14 @@ def test_parse_labels_for_each_task():
     assert ml.task == "multilabel" and ml.names == ["x", "y", "z"]
     np.testing.assert_array_equal(ml.y, [[1, 1, 0], [0, 1, 0], [np.nan] * 3, [0, 0, 1]])
 
+    # --task multilabel on one column: names even when no row has two of them; a 0/1 column stays binary
+    one = parse_labels(_rows(c=["x", "y", "", "x"]), ["c"], task="multilabel")
+    assert one.task == "multilabel" and one.names == ["x", "y"]
+    np.testing.assert_array_equal(one.y, [[1, 0], [0, 1], [np.nan] * 2, [1, 0]])
+    flag = parse_labels(_rows(c=["1", "0", "", "1"]), ["c"], task="multilabel")
+    assert flag.names == ["c"]
+    np.testing.assert_array_equal(flag.y, [[1], [0], [np.nan], [1]])
+
     cols = parse_labels(_rows(a=["1", "0", "-1", ""], b=["0", "1", "1", "1.0"]), ["a", "b"], missing=["-1"])
     np.testing.assert_array_equal(cols.y, [[1, 0], [0, 1], [np.nan, 1], [np.nan, 1]])
 

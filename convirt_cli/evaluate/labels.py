@@ -76,7 +76,11 @@ def parse_labels(rows: list[Row], columns: list[str], task: str = "auto",
     def is_missing(v: str) -> bool:
         return v.strip().lower() in miss
 
-    if len(columns) > 1 or (task == "multilabel" and not any("|" in r.columns[columns[0]] for r in rows)):
+    def binary(col: str) -> bool:
+        return all(is_missing(v) or v.strip().lower() in TRUE | FALSE for v in (r.columns[col] for r in rows))
+
+    # one column under --task multilabel: a 0/1 column, else names (`a|b`, or one name per row)
+    if len(columns) > 1 or (task == "multilabel" and binary(columns[0])):
         if task not in ("auto", "multilabel"):
             raise ConvirtError(f"several label columns ({', '.join(columns)}) make a multilabel task, not {task}")
         y = np.full((len(rows), len(columns)), np.nan, np.float32)
