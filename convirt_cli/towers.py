@@ -113,6 +113,26 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int):
     )
 
 
+def _from_pretrained_without_pooler(src: Path):
+    """The encoder without BERT's pooler (ConVIRT pools tokens itself). A checkpoint that carries pooler weights
+    (ClinicalBERT, MiniLM) is loaded whole and the pooler dropped, so transformers does not print a report of
+    'unexpected' keys that are expected; any other mismatch is still reported."""
+    from transformers import AutoModel
+
+    has_pooler = False
+    weights = Path(src) / "model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:  # reads the header only
+            has_pooler = any("pooler" in k.split(".") for k in f.keys())
+    if not has_pooler:
+        return AutoModel.from_pretrained(src, add_pooling_layer=False)
+    model = AutoModel.from_pretrained(src)
+    model.pooler = None
+    return model
+
+
 class TextTower(nn.Module):
     """(input_ids, attention_mask) [B, T] -> pooled token features [B, H]."""
 
@@ -126,7 +146,7 @@ class TextTower(nn.Module):
         try:
             if src is not None:
                 self.tokenizer = AutoTokenizer.from_pretrained(src)
-                self.model = AutoModel.from_pretrained(src, add_pooling_layer=False)
+                self.model = _from_pretrained_without_pooler(src)
             elif cfg.source == "scratch":
                 if texts is None:
                     raise ConvirtError(f"text tower '{cfg.name}' learns its vocabulary from training texts; none given")

@@ -84,3 +84,34 @@ def test_offline_hub_download_is_one_clear_error(monkeypatch):
     cfg = get_model_config("convirt-resnet50-clinicalbert")
     with pytest.raises(ConvirtError, match="Bio_ClinicalBERT.*--text-weights"):
         TextTower(cfg.text, pretrained=True)
+
+
+def test_real_text_tower_loads_its_checkpoint_quietly():
+    """MiniLM's checkpoint carries BERT's pooler, which ConVIRT does not use: it is dropped after loading, so
+    transformers reports no 'unexpected keys', and the token outputs equal the plain AutoModel's."""
+    import logging
+
+    from transformers import AutoModel
+
+    from convirt_cli.towers import TextTower
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    keep, hf_logger = Keep(), logging.getLogger("transformers")  # transformers does not propagate to root
+    hf_logger.addHandler(keep)
+    try:
+        tower = TextTower(get_model_config("convirt-resnet18-minilm").text, local_dir=minilm_dir()).eval()
+    finally:
+        hf_logger.removeHandler(keep)
+    assert not [m for m in keep.messages if "LOAD REPORT" in m], keep.messages
+    assert tower.model.pooler is None
+    ref = AutoModel.from_pretrained(minilm_dir()).eval()
+    ids = tower.tokenizer(["small left pleural effusion"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(tower.model(**ids).last_hidden_state, ref(**ids).last_hidden_state)
