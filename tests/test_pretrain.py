@@ -1,6 +1,7 @@
 """`convirt pretrain` end to end on real data: run directory complete and loadable, resume exact."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,20 @@ def test_cli_pretrain_with_flags(tmp_path, covid_csv):
     run = tmp_path / "runs" / "r1"
     assert (run / "loss.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "latest").read_text().strip() == str(run.resolve())
+
+
+def test_unloadable_weights_are_one_error_and_leave_no_run(tmp_path, covid_csv, monkeypatch):
+    from convirt_cli.errors import ConvirtError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    preset = json.loads((Path(__file__).resolve().parents[1] / "models" / "tiny.json").read_text())
+    preset["text"] = {"source": "hf", "name": "no-such-org/no-such-text-model", "pooling": "max"}
+    (tmp_path / "p.json").write_text(json.dumps(preset))
+    cfg = PretrainConfig(data=covid_csv, text_col="report", model=str(tmp_path / "p.json"), max_steps=1,
+                         runs_dir=tmp_path / "runs", device="cpu", plot=False)
+    with pytest.raises(ConvirtError, match="no-such-org/no-such-text-model.*--text-weights"):
+        pretrain(cfg)
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_cli_user_mistake_is_one_line(tmp_path, covid_csv):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +143,15 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
     run = _run_dir(cfg)
     torch.manual_seed(cfg.seed)
     if dist_.main:
+        created = not run.exists()
         run.mkdir(parents=True, exist_ok=True)
         (cfg.runs_dir).mkdir(parents=True, exist_ok=True)
-        model = _build_model(cfg, run, [r.text for r in train_rows])
+        try:
+            model = _build_model(cfg, run, [r.text for r in train_rows])
+        except BaseException:
+            if created:  # e.g. weights that cannot be downloaded: leave no empty run behind
+                shutil.rmtree(run, ignore_errors=True)
+            raise
         write_json(run / "config.json", cfg.model_dump(mode="json"))
     if dist_.world > 1:
         torch.distributed.barrier()
