@@ -125,7 +125,7 @@ def _from_pretrained_without_pooler(src: Path):
         from safetensors import safe_open
 
         with safe_open(str(weights), framework="pt") as f:  # reads the header only
-            has_pooler = any("pooler" in k.split(".") for k in f.keys())
+            has_pooler = any("pooler" in k.split(".") for k in f.keys())  # noqa: SIM118 - safe_open is not a dict
     if not has_pooler:
         return AutoModel.from_pretrained(src, add_pooling_layer=False)
     model = AutoModel.from_pretrained(src)
