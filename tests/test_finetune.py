@@ -116,6 +116,36 @@ def test_head_loss_masks_missing_targets():
     assert float(head_loss("multiclass", logits, yc)) == pytest.approx(float(ref_c), rel=1e-6)
 
 
+def test_full_finetune_stops_early_and_keeps_the_best_epoch(monkeypatch):
+    """Scripted validation AUCs 0.6, 0.8, 0.7, 0.75, 0.9 with patience 2: training stops after epoch 4 (two
+    epochs without beating 0.8) and returns the weights it had after epoch 2, not the last ones."""
+    import convirt_cli.train.finetune as ft
+    from convirt_cli.config import FinetuneConfig
+    from convirt_cli.evaluate.labels import Labels
+
+    script, snapshots = iter([0.6, 0.8, 0.7, 0.75, 0.9]), []
+    real_predict = ft.predict
+
+    def predict_and_snapshot(model, images, device):  # called once per epoch, on the validation images
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_predict(model, images, device)
+
+    monkeypatch.setattr(ft, "task_metrics", lambda task, y, scores, names: {"auc": next(script)})
+    monkeypatch.setattr(ft, "predict", predict_and_snapshot)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 1, 32, 32), dtype=np.uint8)
+    labels = Labels("multiclass", ["a", "b"], ["c"], np.array([0, 1] * 12, np.float32))
+    cfg = FinetuneConfig(data=Path("unused.csv"), epochs=5, patience=2, batch_size=8, lr=1e-2)
+    tower = ft.build_tower("random", "tiny", False, 32, 0)
+    model, info = ft.train_full(tower, labels, images, np.arange(16), np.arange(16, 24), cfg, seed=0,
+                                device=torch.device("cpu"), metric="auc")
+    assert info["best_epoch"] == 2 and info["epochs_run"] == 4 and info["val"] == {"auc": 0.8}
+    assert len(snapshots) == 4
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
+
+
 # ---------------------------------------------------------------- the saved classifier
 
 
