@@ -8,7 +8,7 @@ Steps: pretrain `tiny` on ../shared/data/covid-cxr (reports as text, fixed steps
 official split (28 px upscaled to --size). Writes the table, results and plot under --out and copies
 the plot to benchmarks/finetune_data_efficiency.png.
 
-    .venv/bin/python benchmarks/finetune_bench.py                       # linear probe, ~5 min on 2 cores
+    .venv/bin/python benchmarks/finetune_bench.py                       # linear probe, ~1 min on 2 cores
     .venv/bin/python benchmarks/finetune_bench.py --mode full --fractions 0.01,0.1 --seeds 2
 """
 
@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.01,0.1,1.0")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--pretrain-steps", type=int, default=150)
+    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--pretrain-lr", type=float, default=1e-3)  # towers from scratch: 10x the paper's 1e-4
+    ap.add_argument("--text-view", default="report", choices=["sentence", "report"])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", type=Path, default=Path("/tmp/convirt-finetune-bench"))
@@ -49,7 +51,9 @@ def main() -> None:
     if not (run / "summary.json").is_file():
         pretrain(PretrainConfig(data=DATA / "covid-cxr" / "manifest.csv", text_col="report", model="tiny",
                                 image_size=args.size, max_steps=args.pretrain_steps, epochs=1000, batch_size=32,
-                                lr=3e-4, out=run, runs_dir=args.out / "runs", device="cpu", plot=False, seed=0))
+                                lr=args.pretrain_lr, text_view=args.text_view, out=run, runs_dir=args.out / "runs",
+                                device="cpu", plot=False, seed=0))
+    pre = json.loads((run / "summary.json").read_text())
     t_pre = time.perf_counter() - t0
     out = finetune(FinetuneConfig(
         data=DATA / "pneumoniamnist" / "manifest.csv", init=[str(run), "random"], model="tiny",
@@ -61,7 +65,8 @@ def main() -> None:
         shutil.copyfile(out / "data_efficiency.png", args.plot)
     print(json.dumps({
         "bench": "finetune_data_efficiency", "data": "pneumoniamnist (official split)", "mode": args.mode,
-        "model": "tiny", "image_size": args.size, "pretrain": f"covid-cxr, {args.pretrain_steps} steps",
+        "model": "tiny", "image_size": args.size, "pretrain": f"covid-cxr, {args.pretrain_steps} steps, lr {args.pretrain_lr}, text view {args.text_view}",
+        "pretrain_final_val_loss": pre.get("final_val_loss"),
         "metric": f"{table['split']} {table['metric']}", "seeds": args.seeds,
         "table": {r["init"]: {f: [round(c["mean"], 4), round(c["sd"], 4)] for f, c in r["cells"].items()}
                   for r in table["rows"]},

@@ -13,10 +13,10 @@ Commands pass only the flags the user set (None = unset), so defaults never over
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import tomllib
 from pydantic import ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
