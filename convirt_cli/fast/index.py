@@ -2,8 +2,10 @@
 per row: id, path or text, source) and index.json (fingerprint, kind, dim, count, backend, created).
 
 index.json is the commit point: it is written last and its `count` says how many rows of the other
-two files belong to the index. An append only ever extends the files, so a crash at any moment leaves
-the previous index readable exactly as it was. A fresh index is built in a temporary folder and swapped in.
+two files belong to the index. An append writes new embeddings.npy and items.jsonl (old rows + new, each
+to a temporary name, then renamed) before index.json, so a crash at any moment leaves the previous index
+readable exactly as it was; the price is one copy of the old rows per append. A fresh index is built in a
+temporary folder and swapped in.
 
 `<runs_dir>/latest-index` (one line, the index folder) names the last index embedded, so `convirt
 retrieve` needs no --index.
