@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from convirt_cli.classifier import ImageClassifier, load_classifier, scores_from_logits
 from convirt_cli.errors import ConvirtError
-from convirt_cli.fast.files import weights_fingerprint, write_json
+from convirt_cli.fast.files import read_json, weights_fingerprint, write_json
 from convirt_cli.model import ConVIRT, load_model
 
 FP32_MAX_DIFF, FP32_MIN_COS = 1e-4, 0.9999
@@ -281,13 +282,11 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
 class ClassifierGraph(nn.Module):
     """pixels -> (scores [B, K]: probabilities or regression values, features [B, F]: the tower's pooled output)."""
 
-    def __init__(self, model):
+    def __init__(self, model: ImageClassifier):
         super().__init__()
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from convirt_cli.classifier import scores_from_logits
-
         feats = self.model.tower(pixels)
         return scores_from_logits(self.model.task, self.model.head(feats)), feats
 
@@ -296,9 +295,6 @@ def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = Fal
                            seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
     """A classifier saved by `convirt finetune` -> classifier.onnx (tower + head in one graph), preprocess.json
     and manifest.json (task, label names), parity-checked against torch like the encoders."""
-    from convirt_cli.classifier import load_classifier
-    from convirt_cli.fast.files import read_json
-
     stage = on_stage or (lambda s: None)
     path = Path(path)
     out = Path(out) if out is not None else path / "onnx"
@@ -335,7 +331,7 @@ def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = Fal
     return out, manifest
 
 
-def check_classifier_parity(model, graph: Path, fp16: bool, seed: int = 0, n: int = 24) -> dict:
+def check_classifier_parity(model: ImageClassifier, graph: Path, fp16: bool, seed: int = 0, n: int = 24) -> dict:
     """onnxruntime vs torch on fresh smooth random images in batches of 5: scores must agree."""
     import onnxruntime as ort
 
