@@ -15,9 +15,6 @@ A saved classifier is a folder (a folder holding classifier.json is a classifier
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from convirt_cli.errors import ConvirtError
+from convirt_cli.fast.files import staged_dir
 from convirt_cli.registry import ImageTowerConfig
 from convirt_cli.towers import ImageTower
 
@@ -94,11 +92,7 @@ def fold_target_scale(head: nn.Linear, mean: float, std: float) -> None:
 
 def save_classifier(model: ImageClassifier, path: Path) -> None:
     """Write the folder beside `path`, then swap it in whole, so a crash never leaves half a classifier."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with staged_dir(path) as tmp:
         model.tower.save(tmp / "image")
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
                   str(tmp / "head.safetensors"))
@@ -106,14 +100,6 @@ def save_classifier(model: ImageClassifier, path: Path) -> None:
                 "num_features": model.tower.num_features, "num_outputs": model.head.out_features,
                 "image": model.image_cfg.model_dump(), "meta": model.meta}
         (tmp / CLASSIFIER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_classifier_dir(path: Path) -> bool:

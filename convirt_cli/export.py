@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from torch import nn
 
 from convirt_cli.classifier import ImageClassifier, load_classifier, scores_from_logits
 from convirt_cli.errors import ConvirtError
-from convirt_cli.fast.files import read_json, weights_fingerprint, write_json
+from convirt_cli.fast.files import read_json, staged_dir, weights_fingerprint, write_json
 from convirt_cli.model import ConVIRT, load_model
 
 FP32_MAX_DIFF, FP32_MIN_COS = 1e-4, 0.9999
@@ -224,15 +222,6 @@ def check_parity(model: ConVIRT, folder: Path, variant: Variant, seed: int = 0) 
     return report | {"images": len(pixels), "texts": len(texts)}
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_text: bool = False, opset: int = 18,
                 seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
     """A finished run directory -> an export folder (default RUN/onnx); returns (folder, manifest)."""
@@ -242,10 +231,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
     variant = Variant(fp16=fp16, int8_text=int8_text)
     stage("loading the run")
     model = load_model(run).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with staged_dir(out) as tmp:
         stage("exporting image.onnx and text.onnx")
         attention = export_graphs(model, tmp, opset)
         if fp16:
@@ -273,9 +259,6 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
         stage("checking parity against torch")
         manifest["parity"] = check_parity(model, tmp, variant, seed)
         write_json(tmp / "manifest.json", manifest)
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, manifest
 
 
@@ -301,10 +284,7 @@ def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = Fal
     stage("loading the classifier")
     model = load_classifier(path).eval()
     im = model.image_cfg
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with staged_dir(out) as tmp:
         stage("exporting classifier.onnx")
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         _onnx_export(ClassifierGraph(model).eval(), (torch.randn(2, im.in_chans, im.image_size, im.image_size),),
@@ -325,9 +305,6 @@ def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = Fal
         stage("checking parity against torch")
         manifest["parity"] = check_classifier_parity(model, tmp / "classifier.onnx", fp16, seed)
         write_json(tmp / "manifest.json", manifest)
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, manifest
 
 

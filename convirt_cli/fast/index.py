@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from convirt_cli.errors import ConvirtError
-from convirt_cli.fast.files import atomic_write_text, read_json, write_json
+from convirt_cli.fast.files import atomic_write_text, read_json, staged_dir, write_json
 
 LATEST_INDEX = "latest-index"
 FAISS_FILE, FAISS_META = "faiss.index", "faiss.json"
@@ -109,22 +108,11 @@ def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dic
         (path / FAISS_FILE).unlink(missing_ok=True)  # stale now; `convirt index build` makes a new one
         write_json(path / "index.json", meta)  # commit
         return meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    os.chmod(tmp, 0o755)
     meta = dict(meta, count=len(items))
-    try:
+    with staged_dir(path) as tmp:
         _write_npy(tmp / "embeddings.npy", [embeddings], dim)
         atomic_write_text(tmp / "items.jsonl", _jsonl(items))
         write_json(tmp / "index.json", meta)
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
