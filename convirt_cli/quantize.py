@@ -181,14 +181,15 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
     import onnx
     from onnx import helper, numpy_helper, version_converter
 
-    m = onnx.load(str(path))
-    groups = linear_groups(m.graph)
-    if not groups:
-        raise ValueError("no MatMul with a constant weight in the text graph")
-    m = version_converter.convert_version(m, 21)  # QuantizeLinear with per-token (blocked) scales
+    try:
+        m = version_converter.convert_version(onnx.load(str(path)), 21)  # QuantizeLinear with blocked scales
+    except Exception as e:
+        raise ValueError(f"cannot move the text graph to opset 21: {e}") from e
     del m.graph.value_info[:]
     g = m.graph
     groups = linear_groups(g)
+    if not groups:
+        raise ValueError("no MatMul with a constant weight in the text graph")
     acts = capture(m.SerializeToString(), list(groups), feeds)
     inits = {t.name: t for t in g.initializer}
     new_inits: list = []
@@ -239,19 +240,17 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
         zp0 = const(p + "zp", np.uint8(zp))
         for j, (at, node, (q, step, delta)) in enumerate(zip(where, nodes, plan.weights)):
             out = node.output[0]
+            # (x - mu) w' + mu w: the second term is a constant row, added to the bias that follows if any
+            bias = _bias_after(g, out, inits, delta.shape) if plan.mu is not None else None
+            if bias is not None:
+                add, i = bias
+                add.input[i] = const(f"{p}bias{j}", numpy_helper.to_array(inits[add.input[i]]) + delta)
+            extra_add = plan.mu is not None and bias is None
             chain = [helper.make_node("MatMulIntegerToFloat", [p + "q", const(f"{p}w{j}", q), one,
-                                      const(f"{p}step{j}", step), zp0], [f"{p}y{j}"], domain="com.microsoft")]
-            if plan.mu is None:
-                chain.append(helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [out]))
-            else:  # (x - mu) w' + mu w: the second term is a constant row, added to the bias that follows
-                bias = _bias_after(g, out, inits, delta.shape)
-                if bias is not None:
-                    add, i = bias
-                    add.input[i] = const(f"{p}bias{j}", numpy_helper.to_array(inits[add.input[i]]) + delta)
-                    chain.append(helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [out]))
-                else:
-                    chain += [helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [f"{p}ys{j}"]),
-                              helper.make_node("Add", [f"{p}ys{j}", const(f"{p}delta{j}", delta)], [out])]
+                                      const(f"{p}step{j}", step), zp0], [f"{p}y{j}"], domain="com.microsoft"),
+                     helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [f"{p}ys{j}" if extra_add else out])]
+            if extra_add:
+                chain.append(helper.make_node("Add", [f"{p}ys{j}", const(f"{p}delta{j}", delta)], [out]))
             replaced[at] = chain
             summary["matmuls"] += 1
         before[where[0]] = pre
