@@ -34,3 +34,4 @@ LabelCol = Annotated[str | None, typer.Option(help="Column holding the class lab
 IgnoreLabel = Annotated[list[str] | None, typer.Option(help="Label value to leave out (repeatable; default: empty).")]
 Prompts = Annotated[Path | None, typer.Option(help='JSON file {"label": ["text", ...]} of text queries / prompts per class.')]
 ReportFormat = Annotated[str | None, typer.Option("--format", help="table | json")]
+ReportOut = Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON report here.")]

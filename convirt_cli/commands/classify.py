@@ -35,7 +35,7 @@ def classify(
     batch_size: o.BatchSize = None,
     threads: o.Threads = None,
     format: o.ReportFormat = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON report here.")] = None,
+    out: o.ReportOut = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Label each image with the class whose prompt embedding is nearest; report accuracy and one-vs-rest AUC."""

@@ -96,7 +96,7 @@ def retrieval(
     batch_size: o.BatchSize = None,
     threads: o.Threads = None,
     format: o.ReportFormat = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON report here.")] = None,
+    out: o.ReportOut = None,
     seed: o.Seed = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
