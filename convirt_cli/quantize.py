@@ -16,14 +16,13 @@ Pure numpy for the math (`token_scales`, `fake_quant`, `gptq`, `plan_group`); th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ALPHAS = (0.0, 0.25, 0.4, 0.5, 0.65, 0.8)  # SmoothQuant migration strengths tried per MatMul
-MAX_TOKENS = 4096  # calibration tokens kept per MatMul input
+MAX_TOKENS = 4096  # calibration tokens kept per MatMul input (the same tokens for all)
 
 
 # ---- math -------------------------------------------------------------------------------------------------
@@ -134,9 +133,10 @@ def linear_groups(graph) -> dict[str, list[int]]:
     return groups
 
 
-def capture(model_bytes: bytes, names: list[str], feeds: Iterable[dict], seed: int = 0) -> dict[str, np.ndarray]:
+def capture(model_bytes: bytes, names: list[str], feeds: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
     """Activations [tokens, K] of the named tensors over the real tokens of `feeds` (padding left out where a
-    feed has an attention_mask), at most MAX_TOKENS rows each, sampled evenly."""
+    feed has an attention_mask), about MAX_TOKENS rows each, sampled evenly from every batch as it comes (a
+    BERT-base keeps ~100 MB, not the GBs of all its activations)."""
     import onnx
     import onnxruntime as ort
 
@@ -146,18 +146,19 @@ def capture(model_bytes: bytes, names: list[str], feeds: Iterable[dict], seed: i
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    per_batch = max(1, MAX_TOKENS // max(len(feeds), 1))
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in feeds:
         mask = feed.get("attention_mask")
+        pick, n = None, -1
         for name, value in zip(names, sess.run(names, feed)):
             rows = value[mask.astype(bool)] if mask is not None and value.shape[:2] == mask.shape else value
-            got[name].append(rows.reshape(-1, value.shape[-1]))
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, parts in got.items():
-        x = np.concatenate(parts).astype(np.float32)
-        out[name] = x[np.sort(rng.choice(len(x), MAX_TOKENS, replace=False))] if len(x) > MAX_TOKENS else x
-    return out
+            rows = rows.reshape(-1, value.shape[-1])
+            if len(rows) != n:  # the same tokens for every tensor of this batch
+                n, pick = len(rows), np.sort(rng.choice(len(rows), min(per_batch, len(rows)), replace=False))
+            got[name].append(rows[pick].astype(np.float32))
+    return {name: np.concatenate(parts) for name, parts in got.items()}
 
 
 def _bias_after(graph, name: str, inits: dict, shape: tuple) -> tuple | None:
