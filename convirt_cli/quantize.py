@@ -48,27 +48,27 @@ def best_zero_point(x: np.ndarray) -> int:
     return int(zps[np.argmin((steps ** 2).mean(0))])
 
 
-def weight_scales(w: np.ndarray) -> np.ndarray:
-    """Symmetric int8 step per output column of w [K, N]."""
-    return (np.maximum(np.abs(w).max(0), 1e-12) / 127).astype(np.float32)
+def weight_scales(w: np.ndarray, qmax: int = 127) -> np.ndarray:
+    """Symmetric int8 step per output column of w [K, N], codes in [-qmax, qmax]."""
+    return (np.maximum(np.abs(w).max(0), 1e-12) / qmax).astype(np.float32)
 
 
-def round_weights(w: np.ndarray) -> np.ndarray:
+def round_weights(w: np.ndarray, qmax: int = 127) -> np.ndarray:
     """Round-to-nearest int8 per output column."""
-    return np.clip(np.rint(w / weight_scales(w)), -127, 127).astype(np.int8)
+    return np.clip(np.rint(w / weight_scales(w, qmax)), -qmax, qmax).astype(np.int8)
 
 
-def gptq(w: np.ndarray, x: np.ndarray, damp: float = 0.01) -> np.ndarray:
+def gptq(w: np.ndarray, x: np.ndarray, qmax: int = 127, damp: float = 0.01) -> np.ndarray:
     """int8 weights [K, N] that minimise ||x w - x q||: rounding input row k, then moving its error onto the rows
     not yet rounded along the inverse Hessian of the inputs (Frantar et al. 2023, GPTQ). Steps as round_weights."""
-    step = weight_scales(w).astype(np.float64)
+    step = weight_scales(w, qmax).astype(np.float64)
     h = x.T.astype(np.float64) @ x
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h)) + 1e-12
     u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: row k holds the update for rows k+1..
     rest = w.astype(np.float64).copy()
     q = np.zeros(w.shape, np.int8)
     for k in range(w.shape[0]):
-        q[k] = np.clip(np.rint(rest[k] / step), -127, 127)
+        q[k] = np.clip(np.rint(rest[k] / step), -qmax, qmax)
         err = (rest[k] - q[k] * step) / u[k, k]
         rest[k + 1:] -= np.outer(u[k, k + 1:], err)
     return q
@@ -84,18 +84,19 @@ class GroupPlan:
     weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per MatMul: (int8 [K, N], step [N], bias delta [N])
 
 
-def _matmul_error(x: np.ndarray, w: np.ndarray, mu: np.ndarray, s: np.ndarray) -> tuple[float, int]:
+def _matmul_error(x: np.ndarray, w: np.ndarray, mu: np.ndarray, s: np.ndarray, qmax: int) -> tuple[float, int]:
     xt = (x - mu) / s
     zp = best_zero_point(xt)
     ws = w * s[:, None]
-    q = round_weights(ws).astype(np.float32) * weight_scales(ws)
+    q = round_weights(ws, qmax).astype(np.float32) * weight_scales(ws, qmax)
     y = x @ w
     return float(((fake_quant(xt, zp) @ q + mu @ w - y) ** 2).sum() / max((y ** 2).sum(), 1e-30)), zp
 
 
-def plan_group(x: np.ndarray, ws: list[np.ndarray], transform: bool) -> GroupPlan:
+def plan_group(x: np.ndarray, ws: list[np.ndarray], transform: bool, qmax: int = 127) -> GroupPlan:
     """Calibration activations x [T, K] and the weights [K, N_i] that read it -> the plan with the smallest
-    output error; `transform` says whether a shift and scale of x may be used at all."""
+    output error; `transform` says whether a shift and scale of x may be used at all; weight codes in
+    [-qmax, qmax]."""
     w = np.concatenate(ws, 1)
     none = (np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32))
     options = [none]
@@ -106,14 +107,14 @@ def plan_group(x: np.ndarray, ws: list[np.ndarray], transform: bool) -> GroupPla
             s = amax ** a / wmax ** (1 - a)
             options.append((mu, (s / np.exp(np.log(s).mean())).astype(np.float32)))
     sample = x[::2]  # picking the option needs less than rounding the weights
-    errs = [_matmul_error(sample, w, mu, s) for mu, s in options]
+    errs = [_matmul_error(sample, w, mu, s, qmax) for mu, s in options]
     best = int(np.argmin([e for e, _ in errs]))
     (mu, s), zp = options[best], errs[best][1]
     xt = (x - mu) / s
     out = []
     for wi in ws:
         scaled = wi * s[:, None]
-        out.append((gptq(scaled, xt), weight_scales(scaled), (mu @ wi).astype(np.float32)))
+        out.append((gptq(scaled, xt, qmax), weight_scales(scaled, qmax), (mu @ wi).astype(np.float32)))
     return GroupPlan(mu if best else None, s if best else None, zp, out)
 
 
@@ -175,10 +176,25 @@ def _producer(graph, name: str):
     return next((n for n in graph.node if name in n.output), None)
 
 
-def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
+def u8s8_saturates() -> bool:
+    """True on x86 CPUs without VNNI: there onnxruntime's u8 x s8 kernels add pairs of products in int16
+    (vpmaddubsw), which 255 * 127 * 2 overflows; 7-bit weights keep every pair in range."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False  # ARM's dot-product instructions accumulate in int32
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # cannot tell: take the safe range
+    return not ({"avx512_vnni", "avx_vnni"} & set(flags))
+
+
+def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = None) -> dict:
     """Rewrite the fp32 text graph at `path` in place (per-token int8, see the module doc), calibrated on
     `feeds` (input dicts of the graph: input_ids, attention_mask). Returns a summary for the manifest.
-    ValueError, with `path` untouched, where the graph has nothing to quantise or onnxruntime cannot run it."""
+    weight_bits: 8, or 7 where u8s8_saturates() (the default picks). ValueError, with `path` untouched,
+    where the graph has nothing to quantise or onnxruntime cannot run it."""
     import onnx
     from onnx import helper, numpy_helper, version_converter
 
@@ -187,6 +203,8 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
     except Exception as e:
         raise ValueError(f"cannot move the text graph to opset 21: {e}") from e
     del m.graph.value_info[:]
+    bits = weight_bits or (7 if u8s8_saturates() else 8)
+    qmax = (1 << (bits - 1)) - 1
     g = m.graph
     groups = linear_groups(g)
     if not groups:
@@ -203,14 +221,14 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
     all_nodes = list(g.node)
     before: dict[int, list] = {}  # position -> nodes to insert before it
     replaced: dict[int, list] = {}  # position -> nodes replacing it
-    summary = {"matmuls": 0, "shifted": 0, "zero_points": []}
+    summary = {"matmuls": 0, "shifted": 0, "weight_bits": bits, "zero_points": []}
     for gi, (x, where) in enumerate(groups.items()):
         nodes = [all_nodes[i] for i in where]
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         k, n_out = weights[0].shape[0], sum(w.shape[1] for w in weights)
         prod = _producer(g, x)
         folds = prod is not None and prod.op_type == "LayerNormalization" and all(i in inits for i in prod.input[1:3])
-        plan = plan_group(acts[x], weights, transform=folds or k <= n_out)
+        plan = plan_group(acts[x], weights, transform=folds or k <= n_out, qmax=qmax)
         p = f"q8_{gi}_"
         pre: list = []
         src = x

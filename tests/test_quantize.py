@@ -130,3 +130,18 @@ def test_tokens_are_quantised_independently(quantized):
     loud[0, 0] *= 1000
     a, b = _run(folder / "int8.onnx", x), _run(folder / "int8.onnx", loud)
     np.testing.assert_allclose(a[0, 1:], b[0, 1:], rtol=1e-6, atol=1e-6)
+
+
+def test_seven_bit_weights_for_cpus_without_vnni(tmp_path):
+    """Without VNNI, u8 x s8 pairs are summed in int16: 7-bit weights (|code| <= 63) keep 2 * 255 * 63 in range."""
+    onnx.save(_graph(), str(tmp_path / "fp32.onnx"))
+    onnx.save(_graph(), str(tmp_path / "int8.onnx"))
+    rng = np.random.default_rng(7)
+    feeds = [{"x": rng.normal(size=(4, 16, 32)).astype(np.float32)} for _ in range(4)]
+    assert quantize_text_int8(tmp_path / "int8.onnx", feeds, weight_bits=7)["weight_bits"] == 7
+    codes = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "int8.onnx")).graph.initializer
+             if t.data_type == TensorProto.INT8]
+    assert len(codes) == 2 and max(np.abs(c.astype(int)).max() for c in codes) == 63
+    x = rng.normal(size=(2, 8, 32)).astype(np.float32)
+    ref = _run(tmp_path / "fp32.onnx", x)
+    assert np.linalg.norm(_run(tmp_path / "int8.onnx", x) - ref) / np.linalg.norm(ref) < 0.02
