@@ -84,12 +84,13 @@ class GroupPlan:
     weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per MatMul: (int8 [K, N], step [N], bias delta [N])
 
 
-def _matmul_error(x: np.ndarray, w: np.ndarray, mu: np.ndarray, s: np.ndarray, qmax: int) -> tuple[float, int]:
+def _matmul_error(x: np.ndarray, w: np.ndarray, y: np.ndarray, mu: np.ndarray, s: np.ndarray,
+                  qmax: int) -> tuple[float, int]:
+    """Squared error of the quantised x @ w (reference y) under shift mu and scale s, relative; its zero point."""
     xt = (x - mu) / s
     zp = best_zero_point(xt)
     ws = w * s[:, None]
     q = round_weights(ws, qmax).astype(np.float32) * weight_scales(ws, qmax)
-    y = x @ w
     return float(((fake_quant(xt, zp) @ q + mu @ w - y) ** 2).sum() / max((y ** 2).sum(), 1e-30)), zp
 
 
@@ -107,7 +108,8 @@ def plan_group(x: np.ndarray, ws: list[np.ndarray], transform: bool, qmax: int =
             s = amax ** a / wmax ** (1 - a)
             options.append((mu, (s / np.exp(np.log(s).mean())).astype(np.float32)))
     sample = x[::2]  # picking the option needs less than rounding the weights
-    errs = [_matmul_error(sample, w, mu, s, qmax) for mu, s in options]
+    ref = sample @ w
+    errs = [_matmul_error(sample, w, ref, mu, s, qmax) for mu, s in options]
     best = int(np.argmin([e for e, _ in errs]))
     (mu, s), zp = options[best], errs[best][1]
     xt = (x - mu) / s

