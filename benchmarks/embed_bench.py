@@ -1,7 +1,9 @@
 """Claim: onnxruntime encodes faster than torch eager on CPU (image >= 1.5x; text int8 >= 2.5x with
 retrieval top-10 overlap >= 0.9), same weights, same batch, same threads. Prints ONE JSON line.
 int8 is measured twice side by side: `convirt export --int8-text`'s per-token quantiser (convirt_cli.quantize,
-calibrated on 256 reports outside the 512 scored) and onnxruntime's stock dynamic quantisation.
+calibrated on 256 reports outside the 512 scored) and onnxruntime's stock dynamic quantisation. The exported text
+graph skips padding (convirt_cli.packed); torch eager (transformers' BertModel) computes it. So the same pad-free
+tower is also timed in torch, to show how much of the text gain is onnxruntime + int8 and how much is padding.
 
     python benchmarks/embed_bench.py [--threads 2] [--image-batch 32] [--text-batch 64]
 
@@ -53,7 +55,14 @@ def build(preset: str, folder: Path, texts: list[str]) -> Path:
 
 
 def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict:
-    from convirt_cli.export import export_onnx, parity_inputs, quantize_text, to_int8, topk_overlap
+    from convirt_cli.export import (
+        TextEncoder,
+        export_onnx,
+        parity_inputs,
+        quantize_text,
+        to_int8,
+        topk_overlap,
+    )
     from convirt_cli.fast.encoder import OnnxEncoder
     from convirt_cli.model import load_model
 
@@ -82,6 +91,8 @@ def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict
         with torch.inference_mode():
             t_img = rate(lambda: model.encode_image(px), ib)
             t_txt = rate(lambda: model.encode_text(ids, mask), tb)
+            padfree = TextEncoder(model).eval()  # the export's pad-free tower, run by torch: what skipping padding alone buys
+            t_pf = rate(lambda: padfree(ids, mask), tb)
             ref = np.concatenate([model.encode_text(**{k: v for k, v in model.tokenizer(
                 pool[i:i + 64], padding=True, truncation=True, max_length=model.cfg.text.max_length,
                 return_tensors="pt").items() if k in ("input_ids", "attention_mask")}).numpy() for i in range(0, 512, 64)])
@@ -96,11 +107,13 @@ def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict
             pref = model.encode_text(ptok["input_ids"], ptok["attention_mask"]).numpy()
         gate_cos = float((pref * e8.encode_texts(ptexts, batch_size=8)).sum(1).min())
         return {"preset": preset, "image_size": size, "seq_len": int(ids.shape[1]),
+                "text_padding_fraction": round(1 - float(mask.float().mean()), 3),
                 "torch_images_per_s": round(t_img, 1), "ort_images_per_s": round(o_img, 1),
                 "image_speedup": round(o_img / t_img, 2),
                 "torch_texts_per_s": round(t_txt, 1), "ort_fp32_texts_per_s": round(o_txt, 1),
                 "ort_int8_texts_per_s": round(o_txt8, 1), "text_fp32_speedup": round(o_txt / t_txt, 2),
                 "text_int8_speedup": round(o_txt8 / t_txt, 2),
+                "torch_padfree_texts_per_s": round(t_pf, 1), "int8_vs_torch_padfree": round(o_txt8 / t_pf, 2),
                 "int8_top10_overlap": round(topk_overlap(ref, q8), 3),
                 "int8_min_cosine": round(float((ref * q8).sum(1).min()), 5),
                 "int8_mean_cosine": round(float((ref * q8).sum(1).mean()), 5),

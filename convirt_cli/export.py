@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convirt_cli.classifier import ImageClassifier, load_classifier, scores_from_logits
 from convirt_cli.errors import ConvirtError
 from convirt_cli.fast.files import read_json, staged_dir, weights_fingerprint, write_json
 from convirt_cli.model import ConVIRT, load_model
+from convirt_cli.packed import PackedText, packable
 
 FP32_MAX_DIFF, FP32_MIN_COS = 1e-4, 0.9999
 LOW_MIN_COS, LOW_MIN_OVERLAP = 0.999, 0.9  # fp16 / int8: cosine and retrieval top-10 overlap
@@ -40,12 +42,17 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, model: ConVIRT):
+    """The text graph: pad-free (convirt_cli.packed) where the tower is a plain BERT, else the tower as is."""
+
+    def __init__(self, model: ConVIRT, pad_free: bool = True):
         super().__init__()
         self.model = model
+        bert = model.text.model
+        self.pad_free = pad_free and packable(bert)
+        self.tower = PackedText(bert, model.cfg.text.pooling) if self.pad_free else model.text
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids, attention_mask)
+        return F.normalize(self.model.text_proj(self.tower(input_ids, attention_mask)), dim=-1)
 
 
 @dataclass
@@ -88,7 +95,7 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], d
 
 
 def export_graphs(model: ConVIRT, out: Path, opset: int) -> str:
-    """Write out/image.onnx and out/text.onnx (fp32); returns the attention implementation used."""
+    """Write out/image.onnx and out/text.onnx (fp32); returns how the text graph was made."""
     model.eval()  # a wrapper left in train mode would export dropout
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     seq = torch.export.Dim("seq", min=2, max=model.cfg.text.max_length)
@@ -102,17 +109,19 @@ def export_graphs(model: ConVIRT, out: Path, opset: int) -> str:
     # Eager attention traced by the TorchScript exporter gives the graph onnxruntime's BERT fusions and int8
     # quantiser are written for: on MiniLM, 2 CPU cores, int8 ran 2.5x torch vs 1.9x from the dynamo graph.
     model.text.model.set_attn_implementation("eager")
+    text = TextEncoder(model).eval()
+    form = "pad-free BERT" if text.pad_free else "tower as is"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(TextEncoder(model).eval(), args, str(out / "text.onnx"), input_names=names,
+            torch.onnx.export(text, args, str(out / "text.onnx"), input_names=names,
                               output_names=["embeds"], opset_version=opset, dynamo=False,
                               dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
-        return "eager (torchscript exporter)"
+        return f"eager (torchscript exporter), {form}"
     except Exception:  # noqa: BLE001 - an architecture the TorchScript tracer cannot take: use the dynamo exporter
         dyn = {n: {0: batch, 1: seq} for n in names}
-        _onnx_export(TextEncoder(model).eval(), args, out / "text.onnx", names, dyn, opset)
-        return "eager"
+        _onnx_export(TextEncoder(model, pad_free=False).eval(), args, out / "text.onnx", names, dyn, opset)
+        return "eager, tower as is"
 
 
 def to_fp16(path: Path) -> None:
@@ -269,7 +278,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
     int8 = None
     with staged_dir(out) as tmp:
         stage("exporting image.onnx and text.onnx")
-        attention = export_graphs(model, tmp, opset)
+        text_graph = export_graphs(model, tmp, opset)
         if fp16:
             stage("converting to fp16")
             to_fp16(tmp / "image.onnx")
@@ -286,7 +295,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
         fingerprint = weights_fingerprint(run)
         manifest = {"format": 1, "preset": model.cfg.name, "source_run": str(run.resolve()),
                     "fingerprint": fingerprint, "dim": model.cfg.projection.dim, "opset": opset,
-                    "precision": {"image": variant.image, "text": variant.text}, "attention": attention,
+                    "precision": {"image": variant.image, "text": variant.text}, "text_graph": text_graph,
                     "inputs": {"image": "pixels float32 [batch, C, S, S]",
                                "text": "input_ids, attention_mask int64 [batch, seq]"},
                     "output": "embeds float32 [batch, dim], L2-normalised",

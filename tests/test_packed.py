@@ -1,0 +1,58 @@
+"""The pad-free BERT used for export equals transformers' BertModel on real tokens, and padding costs it nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from convirt_cli.fast.encoder import OnnxEncoder
+from convirt_cli.packed import PackedText, packable
+from convirt_cli.pooling import pool_tokens
+
+
+def tiny_bert(seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=40)
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    for p in model.parameters():  # away from init, so LayerNorm and biases matter
+        p.data.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "cls"])
+def test_matches_bertmodel_on_a_padded_batch(pooling):
+    bert = tiny_bert()
+    lengths = [1, 7, 12, 3]  # one sequence of a single token, one as long as the batch
+    ids = torch.randint(5, 50, (4, 12))
+    mask = (torch.arange(12)[None] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask
+    with torch.no_grad():
+        ref = pool_tokens(bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask, pooling)
+        got = PackedText(bert, pooling)(ids, mask)
+    assert got.shape == (4, 32)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_only_plain_bert_is_packed():
+    assert packable(tiny_bert())
+    assert not packable(torch.nn.Linear(2, 2))
+    cfg = tiny_bert().config
+    cfg.position_embedding_type = "relative_key"
+    assert not packable(BertModel(cfg, add_pooling_layer=False))
+
+
+def test_exported_text_graph_is_pad_free_and_padding_does_not_change_an_embedding(tiny_export):
+    """A short report alone and beside a report 20x longer: same embedding from the ONNX graph."""
+    import json
+
+    assert "pad-free" in json.loads((tiny_export / "manifest.json").read_text())["text_graph"]
+    enc = OnnxEncoder(tiny_export, device="cpu")
+    short = "small left pleural effusion"
+    long = " ".join(["heart size normal lungs clear no pneumothorax"] * 20)
+    alone = enc.encode_texts([short])
+    batch = enc.encode_texts([long, short, "x"])
+    assert enc.tokenize([long, short])["attention_mask"].sum(1).tolist()[1] * 10 < enc.tokenize([long])["input_ids"].shape[1]
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
