@@ -80,10 +80,7 @@ class TorchEncoder:
         return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
 
     def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            chunk = list(texts[i:i + batch_size])
-            out.append(encode_texts(self.model, chunk, batch_size, self.device))
-            if on_progress:
-                on_progress(len(chunk))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        from convirt_cli.fast.encoder import encode_in_length_batches
+
+        return encode_in_length_batches(texts, lambda chunk: encode_texts(self.model, chunk, batch_size, self.device),
+                                        self.dim, batch_size, on_progress)

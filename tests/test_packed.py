@@ -56,3 +56,21 @@ def test_exported_text_graph_is_pad_free_and_padding_does_not_change_an_embeddin
     batch = enc.encode_texts([long, short, "x"])
     assert enc.tokenize([long, short])["attention_mask"].sum(1).tolist()[1] * 10 < enc.tokenize([long])["input_ids"].shape[1]
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
+
+
+def test_length_batches_group_similar_lengths_and_cover_every_text():
+    from convirt_cli.fast.encoder import length_batches
+
+    texts = ["a" * n for n in (9, 1, 5, 3, 8, 2, 7)]
+    batches = length_batches(texts, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(7))
+    assert [[len(texts[i]) for i in b] for b in batches] == [[1, 2, 3], [5, 7, 8], [9]]
+
+
+def test_length_batched_embeddings_come_back_in_input_order(tiny_export):
+    enc = OnnxEncoder(tiny_export, device="cpu")
+    texts = ["effusion", " ".join(["heart size normal lungs clear"] * 6), "no acute disease", "small pneumothorax",
+             "x", "the cardiomediastinal silhouette is within normal limits for size and contour"]
+    np.testing.assert_allclose(enc.encode_texts(texts, batch_size=2),
+                               np.concatenate([enc.encode_texts([t]) for t in texts]), atol=1e-5)
