@@ -63,7 +63,7 @@ def build(preset: str, folder: Path, texts: list[str]) -> Path:
 
 
 def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict:
-    from convirt_cli.encode import TorchEncoder
+    from convirt_cli.encode import TorchEncoder, encode_texts
     from convirt_cli.export import (
         TextEncoder,
         export_onnx,
@@ -104,9 +104,7 @@ def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict
         ftok = model.tokenizer(full, padding=True, truncation=True, max_length=maxlen, return_tensors="pt")
         fids, fmask = ftok["input_ids"], ftok["attention_mask"]
         with torch.inference_mode():
-            ref = np.concatenate([model.encode_text(**{k: v for k, v in model.tokenizer(
-                pool[i:i + 64], padding=True, truncation=True, max_length=model.cfg.text.max_length,
-                return_tensors="pt").items() if k in ("input_ids", "attention_mask")}).numpy() for i in range(0, 512, 64)])
+            ref = encode_texts(model, pool, batch_size=64)
             img = rates({"torch": lambda: model.encode_image(px), "ort": lambda: e32.image_forward(pixels)}, ib)
             txt = rates({"torch": lambda: model.encode_text(ids, mask), "padfree": lambda: padfree(ids, mask),
                          "fp32": lambda: e32.text_forward(ids_np, mask_np), "int8": lambda: e8.text_forward(ids_np, mask_np),
@@ -122,9 +120,7 @@ def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict
                        "int8": lambda: e8.encode_texts(pool)}, len(pool), rounds=3, min_s=0.0)
         q8, qd = e8.encode_texts(pool), ed.encode_texts(pool)
         _, ptexts = parity_inputs(model, seed=0)  # the export gate's texts: 1 word to past max_length
-        ptok = model.tokenizer(ptexts, padding=True, truncation=True, max_length=model.cfg.text.max_length, return_tensors="pt")
-        with torch.inference_mode():
-            pref = model.encode_text(ptok["input_ids"], ptok["attention_mask"]).numpy()
+        pref = encode_texts(model, ptexts)
         gate_cos = float((pref * e8.encode_texts(ptexts, batch_size=8)).sum(1).min())
         return {"preset": preset, "image_size": size, "seq_len": int(ids.shape[1]),
                 "text_padding_fraction": round(1 - float(mask.float().mean()), 3),

@@ -80,7 +80,7 @@ class TorchEncoder:
         return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
 
     def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
-        from convirt_cli.fast.encoder import encode_in_length_batches
+        from convirt_cli.fast.encoder import encode_text_batches
 
-        return encode_in_length_batches(texts, lambda chunk: encode_texts(self.model, chunk, batch_size, self.device),
+        return encode_text_batches(texts, lambda chunk: encode_texts(self.model, chunk, batch_size, self.device),
                                         self.dim, batch_size, on_progress)

@@ -85,13 +85,13 @@ def preprocess_spec(model: ConVIRT) -> dict:
             "padding": "longest", "truncation": True, "pad_id": tok.pad_token_id, "pad_token": tok.pad_token}
 
 
-def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], dynamic: dict, opset: int,
-                 outputs: tuple[str, ...] = ("embeds",)) -> None:
+def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], opset: int,
+                 outputs: tuple[str, ...] = ("embeds",), **how) -> None:
+    """torch.onnx.export, quietly; `how`: dynamo=True with dynamic_shapes, or dynamo=False with dynamic_axes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), input_names=names, output_names=list(outputs),
-                          dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
-                          verbose=False)
+                          opset_version=opset, external_data=False, verbose=False, **how)
 
 
 def export_graphs(model: ConVIRT, out: Path, opset: int) -> str:
@@ -101,26 +101,23 @@ def export_graphs(model: ConVIRT, out: Path, opset: int) -> str:
     seq = torch.export.Dim("seq", min=2, max=model.cfg.text.max_length)
     size, chans = model.cfg.image.image_size, model.cfg.image.in_chans
     _onnx_export(ImageEncoder(model).eval(), (torch.randn(2, chans, size, size),), out / "image.onnx", ["pixels"],
-                 {"pixels": {0: batch}}, opset)
+                 opset, dynamo=True, dynamic_shapes={"pixels": {0: batch}})
     tok = model.tokenizer(["chest x-ray", "no acute cardiopulmonary process seen today"], padding=True,
                           return_tensors="pt")
     args = (tok["input_ids"], tok["attention_mask"])
     names = ["input_ids", "attention_mask"]
-    # Eager attention traced by the TorchScript exporter gives the graph onnxruntime's BERT fusions and int8
-    # quantiser are written for: on MiniLM, 2 CPU cores, int8 ran 2.5x torch vs 1.9x from the dynamo graph.
+    # The TorchScript exporter with eager attention gives the plain MatMul/Add graph the int8 quantiser and
+    # onnxruntime's fusions are written for (the dynamo graph ran fp32 at 0.80-0.95x torch: benchmarks/RESULTS.md).
     model.text.model.set_attn_implementation("eager")
     text = TextEncoder(model).eval()
     form = "pad-free BERT" if text.pad_free else "tower as is"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(text, args, str(out / "text.onnx"), input_names=names,
-                              output_names=["embeds"], opset_version=opset, dynamo=False,
-                              dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+        _onnx_export(text, args, out / "text.onnx", names, opset, dynamo=False,
+                     dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
         return f"eager (torchscript exporter), {form}"
     except Exception:  # noqa: BLE001 - an architecture the TorchScript tracer cannot take: use the dynamo exporter
-        dyn = {n: {0: batch, 1: seq} for n in names}
-        _onnx_export(TextEncoder(model, pad_free=False).eval(), args, out / "text.onnx", names, dyn, opset)
+        _onnx_export(TextEncoder(model, pad_free=False).eval(), args, out / "text.onnx", names, opset, dynamo=True,
+                     dynamic_shapes={n: {0: batch, 1: seq} for n in names})
         return "eager, tower as is"
 
 
@@ -335,7 +332,8 @@ def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = Fal
         stage("exporting classifier.onnx")
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         _onnx_export(ClassifierGraph(model).eval(), (torch.randn(2, im.in_chans, im.image_size, im.image_size),),
-                     tmp / "classifier.onnx", ["pixels"], {"pixels": {0: batch}}, opset, ("scores", "features"))
+                     tmp / "classifier.onnx", ["pixels"], opset, ("scores", "features"), dynamo=True,
+                     dynamic_shapes={"pixels": {0: batch}})
         if fp16:
             stage("converting to fp16")
             to_fp16(tmp / "classifier.onnx")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from convirt_cli.errors import ConvirtError
+from convirt_cli.fast.files import atomic_write_text
 from convirt_cli.registry import is_run_dir
 
 LATEST = "latest"
@@ -21,10 +21,6 @@ def new_run_name(model: str) -> str:
 
 
 def set_latest(runs_dir: Path, run: Path) -> None:
-    from convirt_cli.train.checkpoint import (
-        atomic_write_text,  # lazy: resolve_run stays torch-free for retrieve
-    )
-
     atomic_write_text(runs_dir / LATEST, str(run.resolve()) + "\n")
 
 
@@ -47,12 +43,6 @@ def resolve_run(spec: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
     if path is None:
         raise ConvirtError(f"no finished run in {runs_dir}/: run `convirt pretrain DATA` first or pass a run directory")
     return path
-
-
-def write_json(path: Path, data: Any) -> None:
-    from convirt_cli.train.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def append_jsonl(path: Path, record: dict) -> None:

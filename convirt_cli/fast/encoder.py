@@ -57,18 +57,20 @@ def encode_image_paths(paths: Sequence[str | Path], pre: dict, run: Callable[[np
     return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), ok, bad
 
 
-def length_batches(texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
-    """Index batches of texts of similar length (by characters, a proxy for tokens), so a batch padded to its
-    longest text carries little padding; the caller puts each batch's rows back at these indices."""
-    order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def text_batches(texts: Sequence[str], batch_size: int, by_length: bool = True) -> list[np.ndarray]:
+    """Index batches of texts; by_length: of similar length (by characters, a proxy for tokens), so a batch
+    padded to its longest text carries little padding. The caller puts each batch's rows back at its indices."""
+    n = len(texts)
+    order = (np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
+             if by_length else np.arange(n))
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def encode_in_length_batches(texts: Sequence[str], run: Callable[[list[str]], np.ndarray], dim: int,
-                             batch_size: int, on_progress: Progress | None = None) -> np.ndarray:
-    """[n, d] float32 in the order of `texts`, computed in length_batches."""
+def encode_text_batches(texts: Sequence[str], run: Callable[[list[str]], np.ndarray], dim: int, batch_size: int,
+                        on_progress: Progress | None = None, by_length: bool = True) -> np.ndarray:
+    """[n, d] float32 in the order of `texts`, computed batch by batch (text_batches)."""
     out = np.zeros((len(texts), dim), np.float32)
-    for idx in length_batches(texts, batch_size):
+    for idx in text_batches(texts, batch_size, by_length):
         out[idx] = run([texts[i] for i in idx])
         if on_progress:
             on_progress(len(idx))
@@ -138,14 +140,5 @@ class OnnxEncoder:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Progress | None = None,
                      by_length: bool = True) -> np.ndarray:
         """[n, d] in the order given; batched by length unless by_length=False (the parity check wants mixed)."""
-        def run(chunk: Sequence[str]) -> np.ndarray:
-            return np.asarray(self.text_forward(**self.tokenize(chunk)), dtype=np.float32)
-
-        if by_length:
-            return encode_in_length_batches(texts, run, self.dim, batch_size, on_progress)
-        out = []
-        for i in range(0, len(texts), batch_size):
-            out.append(run(texts[i:i + batch_size]))
-            if on_progress:
-                on_progress(len(out[-1]))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return encode_text_batches(texts, lambda chunk: self.text_forward(**self.tokenize(chunk)), self.dim,
+                                   batch_size, on_progress, by_length)

@@ -17,15 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from convirt_cli.errors import ConvirtError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-    os.replace(tmp, path)
+from convirt_cli.fast.files import atomic_write_text
 
 
 def save_checkpoint(run: Path, model: torch.nn.Module, state: dict[str, Any], keep: int = 2) -> Path:

@@ -41,11 +41,11 @@ from convirt_cli.errors import ConvirtError
 from convirt_cli.evaluate.labels import Labels, check_train_classes, parse_labels, sample_fraction
 from convirt_cli.evaluate.metrics import METRICS, PRIMARY, bootstrap_ci, is_better, task_metrics
 from convirt_cli.evaluate.probe import extract_features, fit_linear_probe
+from convirt_cli.fast.files import atomic_write_text, write_json
 from convirt_cli.imageio import load_gray
 from convirt_cli.registry import ImageTowerConfig, get_model_config, is_run_dir
-from convirt_cli.runs import latest_run, write_json
+from convirt_cli.runs import latest_run
 from convirt_cli.towers import ImageTower
-from convirt_cli.train.checkpoint import atomic_write_text
 from convirt_cli.train.loop import autocast, pick_device
 from convirt_cli.train.schedule import warmup_cosine
 

@@ -23,10 +23,11 @@ from convirt_cli.data.split import split_rows
 from convirt_cli.data.transforms import augment, to_model_input
 from convirt_cli.data.validate import Validation, validate_rows
 from convirt_cli.errors import ConvirtError
+from convirt_cli.fast.files import write_json
 from convirt_cli.losses import convirt_loss
 from convirt_cli.model import ConVIRT, create_model, load_model, save_model
 from convirt_cli.registry import get_model_config, with_overrides
-from convirt_cli.runs import append_jsonl, new_run_name, read_jsonl, set_latest, write_json
+from convirt_cli.runs import append_jsonl, new_run_name, read_jsonl, set_latest
 from convirt_cli.train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from convirt_cli.train.distributed import all_reduce_mean, gather_with_grad, init_distributed
 from convirt_cli.train.schedule import Plateau, warmup_cosine
