@@ -1,8 +1,8 @@
 """Claim: onnxruntime encodes faster than torch eager on CPU (image >= 1.5x; text int8 >= 2.5x with
 retrieval top-10 overlap >= 0.9), same weights, same batch, same threads. Prints ONE JSON line.
-int8 is measured twice side by side: `convirt export --int8-text`'s per-token quantiser (convirt_cli.quantize,
+int8 is measured twice side by side: `convirt export --int8-text`'s per-token quantiser (convirt_cli.torch.quantize,
 calibrated on 256 reports outside the 512 scored) and onnxruntime's stock dynamic quantisation. The exported text
-graph skips padding (convirt_cli.packed); torch eager (transformers' BertModel) computes it. So the same pad-free
+graph skips padding (convirt_cli.torch.packed); torch eager (transformers' BertModel) computes it. So the same pad-free
 tower is also timed in torch, to show how much of the text gain is onnxruntime + int8 and how much is padding,
 and a batch with no padding. `embed_512_reports`: the two backends of `convirt embed` end to end (tokenise, batch
 by length, encode) on 512 reports.
@@ -49,7 +49,7 @@ def rates(fns: dict, items: int, rounds: int = 5, min_s: float = 1.0) -> dict:
 
 
 def build(preset: str, folder: Path, texts: list[str]) -> Path:
-    from convirt_cli.model import create_model, save_model
+    from convirt_cli.torch.model import create_model, save_model
 
     kw = {}
     if preset == "convirt-resnet18-minilm":
@@ -63,8 +63,8 @@ def build(preset: str, folder: Path, texts: list[str]) -> Path:
 
 
 def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict:
-    from convirt_cli.encode import TorchEncoder, encode_texts
-    from convirt_cli.export import (
+    from convirt_cli.torch.encode import TorchEncoder, encode_texts
+    from convirt_cli.torch.export import (
         TextEncoder,
         export_onnx,
         parity_inputs,
@@ -72,8 +72,8 @@ def bench(preset: str, texts: list[str], threads: int, ib: int, tb: int) -> dict
         to_int8,
         topk_overlap,
     )
-    from convirt_cli.fast.encoder import OnnxEncoder
-    from convirt_cli.model import load_model
+    from convirt_cli.torch.model import load_model
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     with tempfile.TemporaryDirectory() as tmp:
         run = build(preset, Path(tmp), texts)

@@ -42,9 +42,9 @@ def main() -> None:
 
     import torch
 
-    from convirt_cli.config import FinetuneConfig, PretrainConfig
-    from convirt_cli.train.finetune import finetune
-    from convirt_cli.train.loop import pretrain
+    from convirt_cli.torch.train.finetune import finetune
+    from convirt_cli.torch.train.loop import pretrain
+    from convirt_cli.torchfree.config import FinetuneConfig, PretrainConfig
 
     t0 = time.perf_counter()
     run = args.out / "pretrain"

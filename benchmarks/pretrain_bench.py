@@ -36,7 +36,7 @@ class Timer:
 
 def bare(model, batch_size: int, size: int, steps: int, warmup: int) -> float:
     """samples/s of forward + ConVIRT loss + backward + AdamW step on one fixed batch."""
-    from convirt_cli.losses import convirt_loss
+    from convirt_cli.torch.losses import convirt_loss
 
     x = torch.randn(batch_size, 3, size, size)
     tok = model.tokenizer(["small left pleural effusion. heart size is normal."] * batch_size, padding="max_length",
@@ -67,9 +67,9 @@ def main() -> None:
 
     from transformers.utils import logging as hf_logging
 
-    from convirt_cli.config import PretrainConfig
-    from convirt_cli.model import load_model
-    from convirt_cli.train.loop import pretrain
+    from convirt_cli.torch.model import load_model
+    from convirt_cli.torch.train.loop import pretrain
+    from convirt_cli.torchfree.config import PretrainConfig
 
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,7 +49,7 @@ def memory_bandwidth_gbs() -> float:
 
 
 def search_throughput(emb: np.ndarray, q: int, k: int = 10) -> dict:
-    from convirt_cli.fast.search import search
+    from convirt_cli.torchfree.serve.search import search
 
     queries = np.asarray(emb[:q], dtype=np.float32)
     search(emb, queries, k)  # warm the page cache
@@ -63,10 +63,10 @@ def search_throughput(emb: np.ndarray, q: int, k: int = 10) -> dict:
 def cold_retrieve(preset: str, tmp: Path, n: int = 10_000, repeats: int = 3) -> dict:
     import torch
 
-    from convirt_cli.export import export_onnx
-    from convirt_cli.fast.files import read_json
-    from convirt_cli.fast.index import write_index
-    from convirt_cli.model import create_model, save_model
+    from convirt_cli.torch.export import export_onnx
+    from convirt_cli.torch.model import create_model, save_model
+    from convirt_cli.torchfree.files import read_json
+    from convirt_cli.torchfree.serve.index import write_index
 
     kw = {}
     if preset == "convirt-resnet18-minilm":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it: tests never reach the hub
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 COVID = SHARED / "covid-cxr" / "manifest.csv"
@@ -23,8 +25,8 @@ def covid_csv() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, covid_csv) -> Path:
     """`tiny` pretrained for a few steps on covid-cxr (flags only): a complete run directory."""
-    from convirt_cli.config import PretrainConfig
-    from convirt_cli.train.loop import pretrain
+    from convirt_cli.torch.train.loop import pretrain
+    from convirt_cli.torchfree.config import PretrainConfig
 
     tmp = tmp_path_factory.mktemp("tiny_run")
     cfg = PretrainConfig(data=covid_csv, text_col="report", max_steps=4, batch_size=16, out=tmp / "run",
@@ -35,7 +37,7 @@ def tiny_run(tmp_path_factory, covid_csv) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_run) -> Path:
     """tiny_run exported to ONNX (fp32), parity-checked by the export itself."""
-    from convirt_cli.export import export_onnx
+    from convirt_cli.torch.export import export_onnx
 
     folder, _ = export_onnx(tiny_run, tmp_path_factory.mktemp("tiny_export") / "onnx")
     return folder
@@ -51,8 +53,8 @@ def example_run(tmp_path_factory) -> Path:
     The paper's augmentations are on; the text view is the whole report (one random sentence, the paper's
     default, needs several times more steps to leave the collapsed start on this data: README, 'Example data').
     """
-    from convirt_cli.config import PretrainConfig
-    from convirt_cli.train.loop import pretrain
+    from convirt_cli.torch.train.loop import pretrain
+    from convirt_cli.torchfree.config import PretrainConfig
 
     pairs = EXAMPLES / "pairs.csv"
     if not pairs.is_file():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from convirt_cli.config import PretrainConfig
-from convirt_cli.errors import ConvirtError
+from convirt_cli.torchfree.config import PretrainConfig
+from convirt_cli.torchfree.errors import ConvirtError
 
 
 def test_precedence(tmp_path, monkeypatch):
@@ -33,7 +33,7 @@ def test_config_flag_reads_a_recipe_file(tmp_path, monkeypatch):
 
     from typer.testing import CliRunner
 
-    from convirt_cli.main import app
+    from convirt_cli.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONVIRT_CONFIG", "convirt.toml")  # the default; the flag's change is undone after the test

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from convirt_cli.data.readers import read_rows
-from convirt_cli.data.split import split_rows
-from convirt_cli.data.text import split_sentences
-from convirt_cli.data.validate import validate_rows
-from convirt_cli.errors import ConvirtError
+from convirt_cli.torchfree.data.readers import read_rows
+from convirt_cli.torchfree.data.split import split_rows
+from convirt_cli.torchfree.data.text import split_sentences
+from convirt_cli.torchfree.data.validate import validate_rows
+from convirt_cli.torchfree.errors import ConvirtError
 
 
 def test_covid_manifest_with_flags_only(covid_csv):

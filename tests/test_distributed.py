@@ -8,8 +8,8 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
-    from convirt_cli.losses import convirt_loss
-    from convirt_cli.train.distributed import Dist, gather_with_grad
+    from convirt_cli.torch.losses import convirt_loss
+    from convirt_cli.torch.train.distributed import Dist, gather_with_grad
     dist.init_process_group("gloo")
     r, w = dist.get_rank(), dist.get_world_size()
     g = torch.Generator().manual_seed(0)

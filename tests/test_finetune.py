@@ -15,11 +15,11 @@ import torch
 from conftest import EXAMPLES, PNEUMONIA
 from typer.testing import CliRunner
 
-from convirt_cli.classifier import ImageClassifier, head_loss, load_classifier, save_classifier
-from convirt_cli.data.readers import Row
-from convirt_cli.errors import ConvirtError
-from convirt_cli.evaluate.labels import check_train_classes, parse_labels, sample_fraction
-from convirt_cli.main import app
+from convirt_cli.cli.main import app
+from convirt_cli.torch.classifier import ImageClassifier, head_loss, load_classifier, save_classifier
+from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.evaluate.labels import check_train_classes, parse_labels, sample_fraction
 
 runner = CliRunner()
 
@@ -119,9 +119,9 @@ def test_head_loss_masks_missing_targets():
 def test_full_finetune_stops_early_and_keeps_the_best_epoch(monkeypatch):
     """Scripted validation AUCs 0.6, 0.8, 0.7, 0.75, 0.9 with patience 2: training stops after epoch 4 (two
     epochs without beating 0.8) and returns the weights it had after epoch 2, not the last ones."""
-    import convirt_cli.train.finetune as ft
-    from convirt_cli.config import FinetuneConfig
-    from convirt_cli.evaluate.labels import Labels
+    import convirt_cli.torch.train.finetune as ft
+    from convirt_cli.torchfree.config import FinetuneConfig
+    from convirt_cli.torchfree.evaluate.labels import Labels
 
     script, snapshots = iter([0.6, 0.8, 0.7, 0.75, 0.9]), []
     real_predict = ft.predict
@@ -151,7 +151,7 @@ def test_full_finetune_stops_early_and_keeps_the_best_epoch(monkeypatch):
 
 @pytest.mark.parametrize("task,names", [("multiclass", ["normal", "pneumonia"]), ("regression", ["age"])])
 def test_classifier_round_trip(tmp_path, task, names):
-    from convirt_cli.train.finetune import build_tower
+    from convirt_cli.torch.train.finetune import build_tower
 
     torch.manual_seed(0)
     model = ImageClassifier(build_tower("random", "tiny", False, 64, 0), task, names).eval()
@@ -173,12 +173,12 @@ def test_classifier_exports_to_onnx(tmp_path, task, names):
     """`convirt export CLASSIFIER`: one graph (tower + head) whose scores match torch's predict() on new inputs."""
     import onnxruntime as ort
 
-    from convirt_cli.train.finetune import build_tower
+    from convirt_cli.torch.train.finetune import build_tower
 
     torch.manual_seed(1)
     model = ImageClassifier(build_tower("random", "tiny", False, 64, 0), task, names).eval()
     if task == "regression":
-        from convirt_cli.classifier import fold_target_scale
+        from convirt_cli.torch.classifier import fold_target_scale
 
         fold_target_scale(model.head, mean=55.0, std=12.0)  # values in years, as finetune saves them
     save_classifier(model, tmp_path / "clf")
@@ -250,9 +250,9 @@ def test_linear_probe_sweep_on_pneumoniamnist(tmp_path, example_run):
         lo, hi = r["test_ci95"]["auc"]
         assert lo <= r["test"]["auc"] <= hi
     # the saved classifier reproduces the recorded test AUC from pixels
-    from convirt_cli.evaluate.metrics import roc_auc
-    from convirt_cli.imageio import load_gray
-    from convirt_cli.train.finetune import predict
+    from convirt_cli.torch.train.finetune import predict
+    from convirt_cli.torchfree.evaluate.metrics import roc_auc
+    from convirt_cli.torchfree.imageio import load_gray
 
     rec = records[2]
     clf = load_classifier(Path(rec["model_dir"]))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convirt_cli.losses import convirt_loss, convirt_loss_terms
+from convirt_cli.torch.losses import convirt_loss, convirt_loss_terms
 
 
 def numpy_convirt(v, u, tau, lam):

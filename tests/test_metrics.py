@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from convirt_cli.evaluate import metrics as M
+from convirt_cli.torchfree.evaluate import metrics as M
 
 
 def _binary(seed: int, n: int = 200, ties: bool = True):

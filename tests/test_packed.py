@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from convirt_cli.fast.encoder import OnnxEncoder
-from convirt_cli.packed import PackedText, packable
-from convirt_cli.pooling import pool_tokens
+from convirt_cli.torch.packed import PackedText, packable
+from convirt_cli.torch.pooling import pool_tokens
+from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
 
 def tiny_bert(seed: int = 0) -> BertModel:
@@ -60,7 +60,7 @@ def test_exported_text_graph_is_pad_free_and_padding_does_not_change_an_embeddin
 
 
 def test_text_batches_group_similar_lengths_and_cover_every_text():
-    from convirt_cli.fast.encoder import text_batches
+    from convirt_cli.torchfree.serve.encoder import text_batches
 
     texts = ["a" * n for n in (9, 1, 5, 3, 8, 2, 7)]
     assert [b.tolist() for b in text_batches(texts, 3, by_length=False)] == [[0, 1, 2], [3, 4, 5], [6]]

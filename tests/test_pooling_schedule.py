@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from convirt_cli.pooling import masked_max, masked_mean
-from convirt_cli.train.schedule import Plateau, warmup_cosine
+from convirt_cli.torch.pooling import masked_max, masked_mean
+from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 
 
 def test_masked_max_ignores_padding():

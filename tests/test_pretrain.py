@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from convirt_cli.config import PretrainConfig
-from convirt_cli.main import app
-from convirt_cli.model import load_model
-from convirt_cli.train.loop import pretrain
+from convirt_cli.cli.main import app
+from convirt_cli.torch.model import load_model
+from convirt_cli.torch.train.loop import pretrain
+from convirt_cli.torchfree.config import PretrainConfig
 
 
 def test_run_directory_is_complete_and_loadable(tiny_run):
@@ -52,7 +52,7 @@ def test_cli_pretrain_with_flags(tmp_path, covid_csv):
 
 
 def test_unloadable_weights_are_one_error_and_leave_no_run(tmp_path, covid_csv, monkeypatch):
-    from convirt_cli.errors import ConvirtError
+    from convirt_cli.torchfree.errors import ConvirtError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     preset = json.loads((Path(__file__).resolve().parents[1] / "models" / "tiny.json").read_text())

@@ -1,4 +1,4 @@
-"""Per-token int8 (convirt_cli.quantize): the numpy quantiser against hand-worked values, GPTQ against plain
+"""Per-token int8 (convirt_cli.torch.quantize): the numpy quantiser against hand-worked values, GPTQ against plain
 rounding, and the rewritten graph against fp32 and against onnxruntime's dynamic quantisation."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from convirt_cli.quantize import (
+from convirt_cli.torch.quantize import (
     best_zero_point,
     fake_quant,
     gptq,

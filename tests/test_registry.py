@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
-from convirt_cli.errors import ConvirtError
-from convirt_cli.model import create_model
-from convirt_cli.registry import TextTowerConfig, get_model_config, list_models, with_overrides
-from convirt_cli.towers import TextTower
+from convirt_cli.torch.model import create_model
+from convirt_cli.torch.towers import TextTower
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.registry import TextTowerConfig, get_model_config, list_models, with_overrides
 
 TEXTS = ["small left pleural effusion.", "heart size is enlarged.", "no acute cardiopulmonary process."] * 10
 
@@ -93,7 +93,7 @@ def test_real_text_tower_loads_its_checkpoint_quietly():
 
     from transformers import AutoModel
 
-    from convirt_cli.towers import TextTower
+    from convirt_cli.torch.towers import TextTower
 
     class Keep(logging.Handler):
         def __init__(self):

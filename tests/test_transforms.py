@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from convirt_cli.data.transforms import AugmentParams, augment, blur, gaussian_kernels, to_model_input
+from convirt_cli.torch.data.transforms import AugmentParams, augment, blur, gaussian_kernels, to_model_input
 
 IDENTITY = AugmentParams(crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0.0, degrees=0, translate=0, scale=(1, 1),
                          brightness=(1, 1), contrast=(1, 1), blur_sigma=(1e-4, 1e-4))

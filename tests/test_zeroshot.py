@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from convirt_cli.main import app
+from convirt_cli.cli.main import app
 
 
 def invoke(*args):
@@ -41,7 +41,7 @@ def test_evaluate_retrieval_covid_finding(covid_csv, tiny_export, tmp_path):
     rows = labelled(covid_csv)
     assert rep["classes"] == sorted(c for c in {r["finding"] for r in rows} if sum(x["finding"] == c for x in rows) >= 8)
     # independent recomputation: encode every labelled image, drop the queries, rank by a plain loop
-    from convirt_cli.fast.encoder import OnnxEncoder
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     enc = OnnxEncoder(tiny_export)
     emb, _, bad = enc.encode_images([r["path"] for r in rows])
@@ -77,7 +77,7 @@ def test_classify_metrics_independent(covid_csv, tiny_export):
     rep = json.loads(res.stdout)
     rows = labelled(covid_csv)
     classes = sorted({r["finding"] for r in rows})
-    from convirt_cli.fast.encoder import OnnxEncoder
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     enc = OnnxEncoder(tiny_export)
     img, _, _ = enc.encode_images([r["path"] for r in rows])
@@ -100,8 +100,8 @@ def test_evaluate_errors_are_clear(covid_csv, tiny_export):
 @pytest.fixture(scope="module")
 def untrained_example(example_run, tmp_path_factory) -> Path:
     """The example run's architecture and tokenizer with fresh weights: the 'same model untrained'."""
-    from convirt_cli.model import create_model, save_model
-    from convirt_cli.registry import get_model_config
+    from convirt_cli.torch.model import create_model, save_model
+    from convirt_cli.torchfree.registry import get_model_config
 
     pairs = Path(__file__).resolve().parents[1] / "examples" / "data" / "pairs.csv"
     with pairs.open() as f:

@@ -1,0 +1,24 @@
+"""`convirt models`: the preset table."""
+
+from __future__ import annotations
+
+
+def models() -> None:
+    """List model presets (models/*.json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from convirt_cli.torchfree.registry import get_model_config, list_models
+
+    table = Table(title="convirt model presets")
+    for col in ("name", "image tower", "text tower", "pool", "frozen", "d", "px", "tau", "lam"):
+        table.add_column(col)
+    for name in list_models():
+        c = get_model_config(name)
+        frozen = ("emb+" if c.text.freeze_embeddings else "") + f"{c.text.freeze_layers}L"
+        table.add_row(name, f"{c.image.source}:{c.image.name}", f"{c.text.source}:{c.text.name}", c.text.pooling,
+                      frozen, str(c.projection.dim), str(c.image.image_size), str(c.loss.tau), str(c.loss.lam))
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console.width = 160
+    console.print(table)

@@ -1,0 +1,99 @@
+"""`convirt pretrain DATA`: flags -> PretrainConfig -> train.loop.pretrain, drawn with rich."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convirt_cli.cli import options as o
+
+
+class RichReporter:
+    """Data summary, a progress bar (step, loss, samples/s, ETA) and the epoch log on stderr."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.progress = None
+
+    def data_summary(self, v, splits):
+        reasons = ", ".join(f"{n} {r}" for r, n in v.reasons().most_common()) or "none"
+        self.console.print(f"[bold]pairs[/] found {v.found}, usable {len(v.usable)}, skipped {len(v.skipped)} "
+                           f"({reasons}); split train {splits['train']} / val {splits['val']}"
+                           + (f" / test {splits['test']} (unused)" if splits["test"] else ""))
+        for row, reason in v.skipped[:5]:
+            self.console.print(f"  [yellow]skip[/] {row.source}: {reason} ({row.image.name})")
+        if len(v.skipped) > 5:
+            self.console.print(f"  ... and {len(v.skipped) - 5} more")
+
+    def start(self, total_steps, first_step):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[sps]:.1f} samples/s"),
+            TimeRemainingColumn(), console=self.console, transient=False)
+        self.task = self.progress.add_task("steps", total=total_steps, completed=first_step, loss=float("nan"), sps=0.0)
+        self.progress.start()
+
+    def step(self, step, m):
+        self.progress.update(self.task, completed=step, loss=m["loss"], sps=m["samples_per_s"])
+
+    def epoch(self, m):
+        val = "n/a" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
+        self.progress.console.print(f"epoch {m['epoch']} step {m['step']}: val loss {val}")
+
+    def end(self, run, summary):
+        if self.progress is not None:
+            self.progress.stop()
+        bad = f", {summary['bad_images']} unreadable images skipped" if summary["bad_images"] else ""
+        self.console.print(f"[green]done[/] {summary['steps']} steps{bad}; run saved to [bold]{run}[/]")
+
+
+def pretrain(
+    data: Annotated[Path, typer.Argument(help="Folder with pairs.csv / pairs.jsonl, such a file, or a folder of images with .txt reports.")],
+    model: o.Model = None,
+    pretrained: o.Pretrained = None,
+    image_weights: o.ImageWeights = None,
+    text_weights: o.TextWeights = None,
+    out: o.Out = None,
+    name: Annotated[str | None, typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its last checkpoint.")] = None,
+    epochs: o.Epochs = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    batch_size: o.BatchSize = None,
+    lr: o.Lr = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine (warmup + cosine) | plateau (the paper's: halve on val plateau).")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps (default 5% of the run).")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm (0: off).")] = None,
+    image_size: o.ImageSize = None,
+    tau: Annotated[float | None, typer.Option(help="Temperature (default: the preset's, 0.1).")] = None,
+    lam: Annotated[float | None, typer.Option(help="Weight of the image->text loss (default 0.75).")] = None,
+    seed: o.Seed = None,
+    num_workers: o.NumWorkers = None,
+    device: o.Device = None,
+    image_col: o.ImageCol = None,
+    text_col: o.TextCol = None,
+    text_view: Annotated[str | None, typer.Option(help="sentence (the paper's: one random report sentence per step) | report (the whole text).")] = None,
+    split_col: o.SplitCol = None,
+    patient_col: o.PatientCol = None,
+    val_fraction: o.ValFraction = None,
+    strict: o.Strict = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: each epoch).")] = None,
+    runs_dir: o.RunsDir = None,
+) -> None:
+    """Pretrain ConVIRT (bidirectional image-text InfoNCE) and leave a run directory for later commands."""
+    flags = dict(locals())
+    from transformers.utils import logging as hf_logging
+
+    from convirt_cli.torch.train.loop import pretrain as run_pretrain
+    from convirt_cli.torchfree.config import PretrainConfig
+
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bars would clutter ours
+
+    cfg = PretrainConfig.resolve(**flags)
+    run_pretrain(cfg, RichReporter())

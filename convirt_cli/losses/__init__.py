@@ -1,3 +1,0 @@
-from convirt_cli.losses.convirt import convirt_loss, convirt_loss_terms
-
-__all__ = ["convirt_loss", "convirt_loss_terms"]

@@ -1,0 +1,1 @@
+"""Datasets, samplers and batched augmentations (torch); reading and checking rows is torchfree.data."""

@@ -1,0 +1,86 @@
+"""Batch encoding with the torch model (eval mode, no grad): rows/texts -> L2-normalised numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from convirt_cli.torch.data.dataset import Collate, PairDataset
+from convirt_cli.torch.data.transforms import to_model_input
+from convirt_cli.torch.model import ConVIRT
+from convirt_cli.torchfree.data.readers import Row
+
+
+@torch.no_grad()
+def encode_rows(model: ConVIRT, rows: Sequence[Row], batch_size: int = 64, device: str | torch.device = "cpu",
+                num_workers: int = 0, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Images of rows -> ([n_ok, d] embeddings, indices of the rows that decoded)."""
+    model.eval().to(device)
+    cfg = model.cfg.image
+    ds = PairDataset(list(rows), cfg.image_size, sample_sentences=False, with_text=False, cache_bytes=0)
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=Collate(None), num_workers=num_workers)
+    out, ok = [], []
+    for batch in loader:
+        if batch["images"].shape[0]:
+            x = to_model_input(batch["images"].to(device), cfg.mean, cfg.std, cfg.in_chans)
+            out.append(model.encode_image(x).float().cpu().numpy())
+            ok.extend(batch["index"].tolist())
+        if on_batch:
+            on_batch(len(batch["index"]) + len(batch["bad"]))
+    dim = model.cfg.projection.dim
+    return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), ok
+
+
+@torch.no_grad()
+def encode_texts(model: ConVIRT, texts: Sequence[str], batch_size: int = 128,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """Texts -> [n, d] embeddings (whole text, truncated to the tower's max_length)."""
+    model.eval().to(device)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = model.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                              max_length=model.cfg.text.max_length, return_tensors="pt")
+        out.append(model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.projection.dim), np.float32)
+
+
+class TorchEncoder:
+    """The torch twin of fast.encoder.OnnxEncoder (same preprocessing and batching), for runs without an export."""
+
+    backend = "torch"
+
+    def __init__(self, run, device: str = "auto", threads: int | None = None):
+        from pathlib import Path
+
+        from convirt_cli.torch.export import preprocess_spec
+        from convirt_cli.torch.model import load_model
+        from convirt_cli.torchfree.files import weights_fingerprint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = Path(run)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.device_used = self.device.type
+        self.model = load_model(self.path).eval().to(self.device)
+        self.pre = preprocess_spec(self.model)
+        self.dim = self.model.cfg.projection.dim
+        self.fingerprint = weights_fingerprint(self.path)
+
+    @torch.no_grad()
+    def image_forward(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.encode_image(torch.from_numpy(pixels).to(self.device)).float().cpu().numpy()
+
+    def encode_images(self, paths, batch_size: int = 64, on_progress=None):
+        from convirt_cli.torchfree.serve.encoder import encode_image_paths
+
+        return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+
+    def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
+        from convirt_cli.torchfree.serve.encoder import encode_text_batches
+
+        return encode_text_batches(texts, lambda chunk: encode_texts(self.model, chunk, batch_size, self.device),
+                                        self.dim, batch_size, on_progress)

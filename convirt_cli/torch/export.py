@@ -1,0 +1,377 @@
+"""torch -> ONNX: image.onnx and text.onnx ending in the projected, L2-normalised embedding, plus the
+tokenizer, preprocess.json and manifest.json, checked against torch on every export (DESIGN: parity at
+every boundary). A failed parity check aborts: nothing is written to the output folder.
+
+Inputs/outputs of the graphs:
+  image.onnx  pixels float32 [batch, C, S, S] (normalised as preprocess.json says) -> embeds [batch, d]
+  text.onnx   input_ids, attention_mask int64 [batch, seq] -> embeds [batch, d]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convirt_cli.torch.classifier import ImageClassifier, load_classifier, scores_from_logits
+from convirt_cli.torch.model import ConVIRT, load_model
+from convirt_cli.torch.packed import PackedText, packable
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.files import read_json, staged_dir, weights_fingerprint, write_json
+
+FP32_MAX_DIFF, FP32_MIN_COS = 1e-4, 0.9999
+LOW_MIN_COS, LOW_MIN_OVERLAP = 0.999, 0.9  # fp16 / int8: cosine and retrieval top-10 overlap
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, model: ConVIRT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class TextEncoder(nn.Module):
+    """The text graph: pad-free (convirt_cli.torch.packed) where the tower is a plain BERT, else the tower as is."""
+
+    def __init__(self, model: ConVIRT, pad_free: bool = True):
+        super().__init__()
+        self.model = model
+        bert = model.text.model
+        self.pad_free = pad_free and packable(bert)
+        self.tower = PackedText(bert, model.cfg.text.pooling) if self.pad_free else model.text
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.text_proj(self.tower(input_ids, attention_mask)), dim=-1)
+
+
+@dataclass
+class Variant:
+    """Which precision each graph gets."""
+
+    fp16: bool = False
+    int8_text: bool = False
+
+    @property
+    def image(self) -> str:
+        return "fp16" if self.fp16 else "fp32"
+
+    @property
+    def text(self) -> str:
+        return "int8" if self.int8_text else ("fp16" if self.fp16 else "fp32")
+
+
+def image_preprocess(im) -> dict:
+    """How a file becomes the pixels input of an image graph, for image tower config `im`."""
+    return {"image_size": im.image_size, "resize": "shorter side to image_size, bilinear", "crop": "center",
+            "color": "grayscale, replicated to channels", "scale": 1 / 255, "mean": im.mean[:im.in_chans],
+            "std": im.std[:im.in_chans], "channels": im.in_chans}
+
+
+def preprocess_spec(model: ConVIRT) -> dict:
+    """Everything the torch-free path needs to turn a file or a string into graph inputs."""
+    tx, tok = model.cfg.text, model.tokenizer
+    return image_preprocess(model.cfg.image) | {"max_length": tx.max_length,
+            "padding": "longest", "truncation": True, "pad_id": tok.pad_token_id, "pad_token": tok.pad_token}
+
+
+def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], opset: int,
+                 outputs: tuple[str, ...] = ("embeds",), **how) -> None:
+    """torch.onnx.export, quietly; `how`: dynamo=True with dynamic_shapes, or dynamo=False with dynamic_axes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=list(outputs),
+                          opset_version=opset, external_data=False, verbose=False, **how)
+
+
+def export_graphs(model: ConVIRT, out: Path, opset: int) -> str:
+    """Write out/image.onnx and out/text.onnx (fp32); returns how the text graph was made."""
+    model.eval()  # a wrapper left in train mode would export dropout
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    seq = torch.export.Dim("seq", min=2, max=model.cfg.text.max_length)
+    size, chans = model.cfg.image.image_size, model.cfg.image.in_chans
+    _onnx_export(ImageEncoder(model).eval(), (torch.randn(2, chans, size, size),), out / "image.onnx", ["pixels"],
+                 opset, dynamo=True, dynamic_shapes={"pixels": {0: batch}})
+    tok = model.tokenizer(["chest x-ray", "no acute cardiopulmonary process seen today"], padding=True,
+                          return_tensors="pt")
+    args = (tok["input_ids"], tok["attention_mask"])
+    names = ["input_ids", "attention_mask"]
+    # The TorchScript exporter with eager attention gives the plain MatMul/Add graph the int8 quantiser and
+    # onnxruntime's fusions are written for (the dynamo graph ran fp32 at 0.80-0.95x torch: benchmarks/RESULTS.md).
+    model.text.model.set_attn_implementation("eager")
+    text = TextEncoder(model).eval()
+    form = "pad-free BERT" if text.pad_free else "tower as is"
+    try:
+        _onnx_export(text, args, out / "text.onnx", names, opset, dynamo=False,
+                     dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+        return f"eager (torchscript exporter), {form}"
+    except Exception:  # noqa: BLE001 - an architecture the TorchScript tracer cannot take: use the dynamo exporter
+        _onnx_export(TextEncoder(model, pad_free=False).eval(), args, out / "text.onnx", names, opset, dynamo=True,
+                     dynamic_shapes={n: {0: batch, 1: seq} for n in names})
+        return "eager, tower as is"
+
+
+def to_fp16(path: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    onnx.save(m, str(path))
+
+
+def calibration_texts(model: ConVIRT, run: Path, n: int = 256, seed: int = 1) -> list[str]:
+    """Texts to fit the int8 text tower on: up to n reports of the run's own data when it is still there, and
+    random-word texts of every length (another seed than the parity check's) so short queries are covered."""
+    from convirt_cli.torchfree.data.readers import read_rows
+
+    texts: list[str] = []
+    cfg = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+    if cfg.get("data") and Path(cfg["data"]).exists():
+        try:
+            rows = read_rows(cfg["data"], image_col=cfg.get("image_col", "image"), text_col=cfg.get("text_col", "text"))
+            texts = list(dict.fromkeys(r.text for r in rows if r.text and r.text.strip()))
+        except (ConvirtError, OSError, ValueError, KeyError):
+            texts = []
+        np.random.default_rng(seed).shuffle(texts)
+    return texts[:n] + parity_inputs(model, seed=seed, n=64)[1]
+
+
+def quantize_text(model: ConVIRT, path: Path, texts: list[str]) -> dict:
+    """text.onnx (fp32) -> per-token int8 calibrated on `texts` (convirt_cli.torch.quantize); where that cannot be
+    done (no MatMul of a constant weight, an onnxruntime too old to run it) onnxruntime's dynamic quantisation.
+    Either way the parity check decides whether the export stands."""
+    from convirt_cli.torch.quantize import quantize_text_int8
+
+    feeds = []
+    for i in range(0, len(texts), 32):
+        tok = model.tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                              return_tensors="np")
+        feeds.append({k: tok[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+    try:
+        return quantize_text_int8(path, feeds) | {"calibration_texts": len(texts)}
+    except ValueError as e:
+        to_int8(path)
+        return {"method": "onnxruntime dynamic int8", "why": str(e)[:200]}
+
+
+def to_int8(path: Path) -> None:
+    """Dynamic quantisation: int8 weights of MatMul/Gemm (per channel), activations quantised per batch at run time."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    m = onnx.load(str(path))
+    del m.graph.value_info[:]  # the exporter's intermediate shapes trip the quantiser's shape inference
+    tmp = path.with_suffix(".int8.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is for static quantisation
+    try:
+        quantize_dynamic(m, str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=True,  # per output channel: ~4x smaller cosine error on MiniLM
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # untyped intermediates
+    finally:
+        root.setLevel(level)
+    os.replace(tmp, path)
+
+
+def _words(model: ConVIRT) -> list[str]:
+    words = sorted(w for w in model.tokenizer.get_vocab() if w.isalpha() and len(w) > 2)
+    return words or ["lung", "heart", "normal", "effusion"]
+
+
+def random_pixels(im, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smooth random grey images with grain, through the real preprocessing of image tower config `im`."""
+    from PIL import Image
+
+    from convirt_cli.torchfree.imageio import normalize_array
+
+    size = im.image_size
+    gray = np.stack([np.asarray(Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC)) for _ in range(n)])
+    gray = np.clip(gray + rng.normal(0, 8, gray.shape), 0, 255).astype(np.uint8)
+    return normalize_array(gray, im.mean, im.std, im.in_chans)
+
+
+def parity_inputs(model: ConVIRT, seed: int = 0, n: int = 48) -> tuple[np.ndarray, list[str]]:
+    """Random images (random_pixels) and texts of 1 word up to past max_length."""
+    rng = np.random.default_rng(seed)
+    pixels = random_pixels(model.cfg.image, rng, n)
+    words = _words(model)
+    lengths = [1, 3, model.cfg.text.max_length + 20] + list(rng.integers(2, 40, n - 3))
+    texts = [" ".join(rng.choice(words, size=int(k))) for k in lengths]
+    return pixels, texts
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def topk_overlap(ref: np.ndarray, test: np.ndarray, k: int = 10) -> float:
+    """Mean overlap of the top-k neighbours (among ref rows) of each row, ranked by ref vs by test queries."""
+    k = min(k, len(ref))
+    a = np.argsort(-(ref @ ref.T), axis=1)[:, :k]
+    b = np.argsort(-(test @ ref.T), axis=1)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+
+
+def check_parity(model: ConVIRT, folder: Path, variant: Variant, seed: int = 0) -> dict:
+    """Run the exported graphs on fresh inputs (other batch sizes and lengths than the export sample, texts
+    tokenised by the fast path) and compare with torch; raise ConvirtError with the numbers if off."""
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
+
+    pixels, texts = parity_inputs(model, seed)
+    enc = OnnxEncoder(folder, device="cpu")
+    fast_tok = enc.tokenize(texts[:5])
+    ref_tok = model.tokenizer(texts[:5], padding=True, truncation=True, max_length=model.cfg.text.max_length)
+    if fast_tok["input_ids"].tolist() != ref_tok["input_ids"]:
+        raise ConvirtError("export parity: the exported tokenizer.json tokenises differently from the torch tower")
+    with torch.no_grad():
+        ref_img = model.encode_image(torch.from_numpy(pixels)).numpy()
+        tok = model.tokenizer(texts, padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                              return_tensors="pt")
+        ref_txt = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
+    got_img = np.concatenate([enc.image_forward(pixels[i:i + 5]) for i in range(0, len(pixels), 5)])
+    got_txt = enc.encode_texts(texts, batch_size=5, by_length=False)  # padded batches of mixed lengths
+    report, failures = {}, []
+    for name, ref, got, prec in (("image", ref_img, got_img, variant.image), ("text", ref_txt, got_txt, variant.text)):
+        r = {"precision": prec, "max_abs_diff": float(np.abs(ref - got).max()), "min_cosine": float(_cos(ref, got).min()),
+             "top10_overlap": topk_overlap(ref, got)}
+        report[name] = r
+        if prec == "fp32":
+            ok = r["max_abs_diff"] <= FP32_MAX_DIFF and r["min_cosine"] >= FP32_MIN_COS
+            want = f"max|diff| <= {FP32_MAX_DIFF:g}, cosine >= {FP32_MIN_COS}"
+        else:
+            ok = r["min_cosine"] >= LOW_MIN_COS and r["top10_overlap"] >= LOW_MIN_OVERLAP
+            want = f"cosine >= {LOW_MIN_COS}, top-10 overlap >= {LOW_MIN_OVERLAP}"
+        if not ok:
+            failures.append(f"{name} ({prec}): max|diff| {r['max_abs_diff']:.3g}, min cosine {r['min_cosine']:.6f}, "
+                            f"top-10 overlap {r['top10_overlap']:.3f}; want {want}")
+    if failures:
+        raise ConvirtError("export parity check failed, nothing written: " + "; ".join(failures))
+    return report | {"images": len(pixels), "texts": len(texts)}
+
+
+def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_text: bool = False, opset: int = 18,
+                seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+    """A finished run directory -> an export folder (default RUN/onnx); returns (folder, manifest)."""
+    stage = on_stage or (lambda s: None)
+    run = Path(run)
+    out = Path(out) if out is not None else run / "onnx"
+    variant = Variant(fp16=fp16, int8_text=int8_text)
+    stage("loading the run")
+    model = load_model(run).eval()
+    int8 = None
+    with staged_dir(out) as tmp:
+        stage("exporting image.onnx and text.onnx")
+        text_graph = export_graphs(model, tmp, opset)
+        if fp16:
+            stage("converting to fp16")
+            to_fp16(tmp / "image.onnx")
+            if not int8_text:
+                to_fp16(tmp / "text.onnx")
+        if int8_text:
+            stage("quantising the text tower to int8")
+            int8 = quantize_text(model, tmp / "text.onnx", calibration_texts(model, run))
+        model.tokenizer.save_pretrained(tmp)
+        for extra in ("special_tokens_map.json", "vocab.txt"):
+            (tmp / extra).unlink(missing_ok=True)  # tokenizer.json is the one file the fast path reads
+        pre = preprocess_spec(model)
+        write_json(tmp / "preprocess.json", pre)
+        fingerprint = weights_fingerprint(run)
+        manifest = {"format": 1, "preset": model.cfg.name, "source_run": str(run.resolve()),
+                    "fingerprint": fingerprint, "dim": model.cfg.projection.dim, "opset": opset,
+                    "precision": {"image": variant.image, "text": variant.text}, "text_graph": text_graph,
+                    "inputs": {"image": "pixels float32 [batch, C, S, S]",
+                               "text": "input_ids, attention_mask int64 [batch, seq]"},
+                    "output": "embeds float32 [batch, dim], L2-normalised",
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
+        if int8 is not None:
+            manifest["int8"] = int8
+        write_json(tmp / "manifest.json", manifest)
+        stage("checking parity against torch")
+        manifest["parity"] = check_parity(model, tmp, variant, seed)
+        write_json(tmp / "manifest.json", manifest)
+    return out, manifest
+
+
+class ClassifierGraph(nn.Module):
+    """pixels -> (scores [B, K]: probabilities or regression values, features [B, F]: the tower's pooled output)."""
+
+    def __init__(self, model: ImageClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.tower(pixels)
+        return scores_from_logits(self.model.task, self.model.head(feats)), feats
+
+
+def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = False, opset: int = 18,
+                           seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+    """A classifier saved by `convirt finetune` -> classifier.onnx (tower + head in one graph), preprocess.json
+    and manifest.json (task, label names), parity-checked against torch like the encoders."""
+    stage = on_stage or (lambda s: None)
+    path = Path(path)
+    out = Path(out) if out is not None else path / "onnx"
+    stage("loading the classifier")
+    model = load_classifier(path).eval()
+    im = model.image_cfg
+    with staged_dir(out) as tmp:
+        stage("exporting classifier.onnx")
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        _onnx_export(ClassifierGraph(model).eval(), (torch.randn(2, im.in_chans, im.image_size, im.image_size),),
+                     tmp / "classifier.onnx", ["pixels"], opset, ("scores", "features"), dynamo=True,
+                     dynamic_shapes={"pixels": {0: batch}})
+        if fp16:
+            stage("converting to fp16")
+            to_fp16(tmp / "classifier.onnx")
+        write_json(tmp / "preprocess.json", image_preprocess(im))
+        manifest = {"format": 1, "kind": "classifier", "task": model.task, "label_names": model.label_names,
+                    "source": str(path.resolve()), "fingerprint": weights_fingerprint(path), "opset": opset,
+                    "precision": "fp16" if fp16 else "fp32", "num_features": model.tower.num_features,
+                    "inputs": "pixels float32 [batch, C, S, S]",
+                    "outputs": {"scores": "sigmoid (multilabel) / softmax (multiclass) probabilities, or the "
+                                          "regression value, float32 [batch, K]",
+                                "features": "image tower output float32 [batch, F]"},
+                    "trained": read_json(path / "classifier.json").get("meta", {}),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
+        stage("checking parity against torch")
+        manifest["parity"] = check_classifier_parity(model, tmp / "classifier.onnx", fp16, seed)
+        write_json(tmp / "manifest.json", manifest)
+    return out, manifest
+
+
+def check_classifier_parity(model: ImageClassifier, graph: Path, fp16: bool, seed: int = 0, n: int = 24) -> dict:
+    """onnxruntime vs torch on fresh smooth random images in batches of 5: scores must agree."""
+    import onnxruntime as ort
+
+    pixels = random_pixels(model.image_cfg, np.random.default_rng(seed), n)
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(["scores"], {"pixels": pixels[i:i + 5]})[0] for i in range(0, n, 5)])
+    with torch.no_grad():
+        ref = model.predict(torch.from_numpy(pixels)).numpy()
+    scale = float(np.abs(ref).max()) if model.task == "regression" else 1.0
+    diff = float(np.abs(ref - got).max()) / max(scale, 1e-12)
+    limit = 1e-2 if fp16 else 1e-4
+    report = {"precision": "fp16" if fp16 else "fp32", "max_abs_diff": diff, "images": n,
+              "relative": model.task == "regression"}
+    if not diff <= limit:
+        raise ConvirtError(f"export parity check failed, nothing written: classifier scores max|diff| {diff:.3g} "
+                           f"(want <= {limit:g})")
+    return report
+
+
+def describe(manifest: dict) -> str:
+    return json.dumps(manifest["parity"], indent=None)

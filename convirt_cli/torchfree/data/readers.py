@@ -1,0 +1,91 @@
+"""Read image-text rows from CSV / JSONL / a folder of images with same-named .txt files.
+
+Rows keep every column (labels, split, patient id) and their 1-based source row so that every error
+and skip names the file and row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convirt_cli.torchfree.errors import ConvirtError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
+
+
+@dataclass
+class Row:
+    image: Path  # absolute
+    text: str
+    source: str  # "file:row" for messages
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+def find_table(data: Path) -> Path | None:
+    """DATA as a file, or a folder holding pairs.csv/jsonl (or manifest.csv/jsonl)."""
+    if data.is_file():
+        return data
+    for name in TABLE_NAMES:
+        if (data / name).is_file():
+            return data / name
+    return None
+
+
+def _read_table(path: Path) -> list[dict[str, str]]:
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConvirtError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from None
+                rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
+        return rows
+    if path.suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    raise ConvirtError(f"{path}: expected a .csv, .tsv or .jsonl file, or a folder of images with .txt files")
+
+
+def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text") -> list[Row]:
+    """All rows of DATA; `text_col=None` reads images only (finetune, embed)."""
+    data = Path(data)
+    if not data.exists():
+        raise ConvirtError(f"{data}: no such file or folder")
+    table = find_table(data)
+    if table is None:
+        return _read_folder(data, text_col is not None)
+    records = _read_table(table)
+    if not records:
+        raise ConvirtError(f"{table}: no rows")
+    cols = list(records[0].keys())
+    for col, flag in ((image_col, "--image-col"), (text_col, "--text-col")):
+        if col is not None and col not in cols:
+            raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
+    base = table.parent
+    start = 2 if table.suffix != ".jsonl" else 1  # CSV row 1 is the header
+    return [
+        Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
+            text=(r.get(text_col) or "") if text_col else "",
+            source=f"{table.name}:{i}", columns=r)
+        for i, r in enumerate(records, start=start)
+    ]
+
+
+def _read_folder(folder: Path, with_text: bool) -> list[Row]:
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ConvirtError(f"{folder}: no pairs.csv / pairs.jsonl and no images inside; see `convirt pretrain --help`")
+    rows = []
+    for p in images:
+        txt = p.with_suffix(".txt")
+        text = txt.read_text(encoding="utf-8", errors="replace") if with_text and txt.is_file() else ""
+        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns={}))
+    return rows

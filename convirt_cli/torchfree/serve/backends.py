@@ -1,0 +1,59 @@
+"""Which encoder serves a command: an ONNX export (onnxruntime, torch-free) or a run (torch).
+
+--model accepts a run directory or an export folder (default: the latest run). --backend auto picks the
+export when one matches the weights (an export folder, or RUN/onnx with the run's fingerprint), else
+torch. Importing this module never imports torch; only choosing the torch backend does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.files import read_json, weights_fingerprint
+from convirt_cli.torchfree.registry import is_run_dir
+from convirt_cli.torchfree.runs import resolve_run
+from convirt_cli.torchfree.serve.encoder import OnnxEncoder, is_export_dir
+
+
+@dataclass
+class ModelRef:
+    run: Path | None  # the weights, for the torch backend
+    export: Path | None  # a matching ONNX export
+
+    @property
+    def path(self) -> Path:
+        return self.export or self.run  # type: ignore[return-value]
+
+
+def resolve_model(spec: str | Path | None, runs_dir: Path = Path("runs")) -> ModelRef:
+    if spec is not None and is_export_dir(Path(spec)):
+        export = Path(spec).resolve()
+        src = Path(read_json(export / "manifest.json").get("source_run", ""))
+        return ModelRef(run=src if is_run_dir(src) else None, export=export)
+    if spec is not None and not is_run_dir(Path(spec)):
+        raise ConvirtError(f"{spec}: neither a run directory (model.json) nor an ONNX export (manifest.json)")
+    run = resolve_run(spec, runs_dir).resolve()
+    export = run / "onnx"
+    if is_export_dir(export) and read_json(export / "manifest.json")["fingerprint"] == weights_fingerprint(run):
+        return ModelRef(run=run, export=export)
+    return ModelRef(run=run, export=None)
+
+
+def open_encoder(spec: str | Path | None, backend: str = "auto", device: str = "auto", runs_dir: Path = Path("runs"),
+                 threads: int | None = None):
+    """An encoder with .encode_images(paths) / .encode_texts(texts), .fingerprint, .dim, .backend, .path."""
+    ref = resolve_model(spec, runs_dir)
+    if backend not in ("auto", "onnx", "torch"):
+        raise ConvirtError(f"--backend {backend}: expected auto, onnx or torch")
+    if backend == "onnx" or (backend == "auto" and ref.export is not None):
+        if ref.export is None:
+            raise ConvirtError(f"{ref.run} has no ONNX export matching its weights; run `convirt export {ref.run} --onnx` "
+                               "or use --backend torch")
+        return OnnxEncoder(ref.export, device=device, threads=threads)
+    if ref.run is None:
+        raise ConvirtError(f"{ref.export}: its source run is gone, so --backend torch cannot load it; use --backend onnx")
+    from convirt_cli.torch.encode import TorchEncoder
+
+    return TorchEncoder(ref.run, device=device, threads=threads)

@@ -1,0 +1,144 @@
+"""Encoders over an export folder (image.onnx, text.onnx, tokenizer.json, preprocess.json, manifest.json).
+
+Both backends (this one and convirt_cli.torch.encode.TorchEncoder) share `encode_image_paths`, so pixels,
+batching and the skipping of unreadable files are the same whichever runs the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.files import read_json
+from convirt_cli.torchfree.imageio import load_gray, normalize_array
+
+EXPORT_FILES = ("image.onnx", "text.onnx", "tokenizer.json", "preprocess.json", "manifest.json")
+Progress = Callable[[int], None]
+
+
+def is_export_dir(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "manifest.json").is_file() and (Path(path) / "image.onnx").is_file()
+
+
+def decode_images(paths: Sequence[str | Path], size: int, pool: ThreadPoolExecutor | None = None):
+    """Paths -> (uint8 [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
+    def one(p):
+        try:
+            return load_gray(p, size), None
+        except Exception as e:  # noqa: BLE001 - any decode failure is a skip, named in the summary
+            return None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+    results = list(pool.map(one, paths)) if pool else [one(p) for p in paths]
+    ok = [i for i, (a, _) in enumerate(results) if a is not None]
+    bad = [(i, r) for i, (a, r) in enumerate(results) if a is None]
+    arr = np.stack([results[i][0] for i in ok]) if ok else np.zeros((0, size, size), np.uint8)
+    return arr, ok, bad
+
+
+def encode_image_paths(paths: Sequence[str | Path], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
+                       batch_size: int = 64, on_progress: Progress | None = None):
+    """Images -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`, [(index, reason)] skipped)."""
+    out, ok, bad = [], [], []
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes release the GIL
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            gray, good, skipped = decode_images(chunk, pre["image_size"], pool)
+            if len(good):
+                x = normalize_array(gray, pre["mean"], pre["std"], pre["channels"])
+                out.append(np.asarray(run(x), dtype=np.float32))
+            ok += [start + i for i in good]
+            bad += [(start + i, r) for i, r in skipped]
+            if on_progress:
+                on_progress(len(chunk))
+    return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), ok, bad
+
+
+def text_batches(texts: Sequence[str], batch_size: int, by_length: bool = True) -> list[np.ndarray]:
+    """Index batches of texts; by_length: of similar length (by characters, a proxy for tokens), so a batch
+    padded to its longest text carries little padding. The caller puts each batch's rows back at its indices."""
+    n = len(texts)
+    order = (np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
+             if by_length else np.arange(n))
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def encode_text_batches(texts: Sequence[str], run: Callable[[list[str]], np.ndarray], dim: int, batch_size: int,
+                        on_progress: Progress | None = None, by_length: bool = True) -> np.ndarray:
+    """[n, d] float32 in the order of `texts`, computed batch by batch (text_batches)."""
+    out = np.zeros((len(texts), dim), np.float32)
+    for idx in text_batches(texts, batch_size, by_length):
+        out[idx] = run([texts[i] for i in idx])
+        if on_progress:
+            on_progress(len(idx))
+    return out
+
+
+class Tokenizer:
+    """The exported tokenizer.json with the torch tower's truncation and padding (pad to longest)."""
+
+    def __init__(self, export_dir: Path, pre: dict):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.tok = HFTokenizer.from_file(str(Path(export_dir) / "tokenizer.json"))
+        self.tok.enable_truncation(max_length=pre["max_length"])
+        self.tok.enable_padding(pad_id=pre["pad_id"], pad_token=pre["pad_token"])
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        enc = self.tok.encode_batch(list(texts))
+        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+
+
+class OnnxEncoder:
+    """encode_images / encode_texts with onnxruntime; each session is created on first use (a text
+    query never pays for loading the image tower)."""
+
+    backend = "onnx"
+
+    def __init__(self, export_dir: Path, device: str = "auto", threads: int | None = None):
+        export_dir = Path(export_dir)
+        missing = [f for f in EXPORT_FILES if not (export_dir / f).is_file()]
+        if missing:
+            raise ConvirtError(f"{export_dir}: not a complete ONNX export ({', '.join(missing)} missing); "
+                               "run `convirt export RUN --onnx`")
+        self.path = export_dir
+        self.manifest = read_json(export_dir / "manifest.json")
+        self.pre = read_json(export_dir / "preprocess.json")
+        self.fingerprint: str = self.manifest["fingerprint"]
+        self.dim: int = int(self.manifest["dim"])
+        self.device, self.threads = device, threads
+        self._sessions: dict = {}
+        self._tokenizer: Tokenizer | None = None
+        self.device_used = "cpu"
+
+    def _session(self, name: str):
+        if name not in self._sessions:
+            from convirt_cli.torchfree.serve.providers import session
+
+            self._sessions[name], self.device_used = session(self.path / f"{name}.onnx", self.device, self.threads)
+        return self._sessions[name]
+
+    def image_forward(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [B, C, S, S] normalised pixels -> [B, d]."""
+        return self._session("image").run(None, {"pixels": pixels.astype(np.float32, copy=False)})[0]
+
+    def text_forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._session("text").run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(self.path, self.pre)
+        return self._tokenizer(texts)
+
+    def encode_images(self, paths: Sequence[str | Path], batch_size: int = 64, on_progress: Progress | None = None):
+        return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Progress | None = None,
+                     by_length: bool = True) -> np.ndarray:
+        """[n, d] in the order given; batched by length unless by_length=False (the parity check wants mixed)."""
+        return encode_text_batches(texts, lambda chunk: self.text_forward(**self.tokenize(chunk)), self.dim,
+                                   batch_size, on_progress, by_length)

@@ -1,0 +1,204 @@
+"""Index folders: embeddings.npy (float32 [N, d], L2-normalised, memory-mapped), items.jsonl (one line
+per row: id, path or text, source) and index.json (fingerprint, kind, dim, count, backend, created).
+
+index.json is the commit point: it is written last and its `count` says how many rows of the other
+two files belong to the index. An append writes new embeddings.npy and items.jsonl (old rows + new, each
+to a temporary name, then renamed) before index.json, so a crash at any moment leaves the previous index
+readable exactly as it was; the price is one copy of the old rows per append. A fresh index is built in a
+temporary folder and swapped in.
+
+`<runs_dir>/latest-index` (one line, the index folder) names the last index embedded, so `convirt
+retrieve` needs no --index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.files import atomic_write_text, read_json, staged_dir, write_json
+
+LATEST_INDEX = "latest-index"
+FAISS_FILE, FAISS_META = "faiss.index", "faiss.json"
+
+
+@dataclass
+class Index:
+    path: Path
+    meta: dict
+    embeddings: np.ndarray  # [count, d], memmap
+    items: list[dict]
+
+    @property
+    def count(self) -> int:
+        return int(self.meta["count"])
+
+
+def is_index_dir(path: Path) -> bool:
+    return (Path(path) / "index.json").is_file()
+
+
+def open_index(path: Path, mmap: bool = True) -> Index:
+    path = Path(path)
+    if not is_index_dir(path):
+        raise ConvirtError(f"{path}: not an index (no index.json); make one with `convirt embed INPUT --out {path}`")
+    meta = read_json(path / "index.json")
+    n = int(meta["count"])
+    emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
+    if emb.shape[0] < n or (n and emb.shape[1] != meta["dim"]):
+        raise ConvirtError(f"{path}: embeddings.npy holds {emb.shape} but index.json says {n} x {meta['dim']}; rebuild it")
+    with (path / "items.jsonl").open(encoding="utf-8") as f:
+        items = [json.loads(line) for _, line in zip(range(n), f)]
+    if len(items) < n:
+        raise ConvirtError(f"{path}: items.jsonl has {len(items)} lines but index.json says {n}; rebuild it")
+    return Index(path, meta, emb[:n], items)
+
+
+def _write_npy(path: Path, parts: list[np.ndarray], dim: int) -> None:
+    """Concatenate parts into a new .npy beside `path` (streamed through a memmap), then rename."""
+    n = sum(len(p) for p in parts)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        at = 0
+        for p in parts:
+            for s in range(0, len(p), 1 << 16):  # copy in slices: an mmapped old part never loads whole
+                blk = np.asarray(p[s:s + (1 << 16)], dtype=np.float32)
+                out[at:at + len(blk)] = blk
+                at += len(blk)
+        out.flush()
+        del out
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonl(items: list[dict]) -> str:
+    return "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items)
+
+
+def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dict, append: bool = False) -> dict:
+    """Create (or with `append`, extend) the index at `path`; returns the committed index.json."""
+    path = Path(path)
+    if len(items) != len(embeddings):
+        raise ValueError("one item per embedding row")
+    dim = int(meta["dim"])
+    if append and is_index_dir(path):
+        old = open_index(path)
+        if old.meta["fingerprint"] != meta["fingerprint"]:
+            raise ConvirtError(f"--append: {path} was built by model {old.meta['fingerprint']} "
+                               f"({old.meta.get('model')}), not {meta['fingerprint']}; embed into a new --out")
+        if old.meta["kind"] != meta["kind"]:
+            raise ConvirtError(f"--append: {path} holds {old.meta['kind']} embeddings, not {meta['kind']}")
+        _write_npy(path / "embeddings.npy", [old.embeddings, embeddings], dim)
+        atomic_write_text(path / "items.jsonl", _jsonl(old.items + items))
+        meta = old.meta | {k: v for k, v in meta.items() if k not in ("created", "skipped")}
+        meta |= {"count": old.count + len(items), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "skipped": old.meta.get("skipped", []) + meta.get("skipped", [])}
+        (path / FAISS_FILE).unlink(missing_ok=True)  # stale now; `convirt index build` makes a new one
+        write_json(path / "index.json", meta)  # commit
+        return meta
+    meta = dict(meta, count=len(items))
+    with staged_dir(path) as tmp:
+        _write_npy(tmp / "embeddings.npy", [embeddings], dim)
+        atomic_write_text(tmp / "items.jsonl", _jsonl(items))
+        write_json(tmp / "index.json", meta)
+    return meta
+
+
+def next_id(path: Path) -> int:
+    """Ids are input positions: a skipped input keeps its id unused, so ids never shift."""
+    if not is_index_dir(path):
+        return 0
+    return int(read_json(Path(path) / "index.json").get("next_id", 0))
+
+
+def set_latest_index(runs_dir: Path, index: Path) -> None:
+    atomic_write_text(Path(runs_dir) / LATEST_INDEX, str(Path(index).resolve()) + "\n")
+
+
+def latest_index(runs_dir: Path) -> Path:
+    pointer = Path(runs_dir) / LATEST_INDEX
+    if pointer.is_file():
+        path = Path(pointer.read_text().strip())
+        if is_index_dir(path):
+            return path
+    raise ConvirtError(f"no index given and none recorded in {pointer}; run `convirt embed INPUT --out DIR` "
+                       "or pass --index DIR")
+
+
+def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: int = 32, ef_search: int = 128,
+                nprobe: int = 16, sample: int = 1000, seed: int = 0) -> dict:
+    """Write faiss.index (+ faiss.json with its recall@10 against exact search on `sample` item queries).
+
+    The queries are indexed items, so each query's own row is dropped from both result lists (leave-one-out):
+    finding an item itself is trivial and would inflate the recall."""
+    try:
+        import faiss
+    except ImportError:
+        raise ConvirtError("FAISS is optional: pip install 'convirt[faiss]' (faiss-cpu)") from None
+    from convirt_cli.torchfree.serve.search import search
+
+    d, n = int(index.meta["dim"]), index.count
+    if n == 0:
+        raise ConvirtError(f"{index.path}: empty index")
+    x = np.ascontiguousarray(index.embeddings, dtype=np.float32)
+    if kind == "flat":
+        fi = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        fi = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+        fi.hnsw.efSearch = ef_search
+    elif kind == "ivf":
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+        fi = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        fi.train(x)
+        fi.nprobe = min(nprobe, nlist)
+    else:
+        raise ConvirtError(f"--kind {kind}: expected flat, hnsw or ivf")
+    fi.add(x)
+    rng = np.random.default_rng(seed)
+    qi = rng.choice(n, size=min(sample, n), replace=False)
+    q = x[qi]
+    k = min(10, n - 1)
+    _, exact = search(index.embeddings, q, k + 1)
+    _, approx = fi.search(q, k + 1)
+
+    def others(rows, own):
+        return [r for r in rows if r != own and r >= 0][:k]
+
+    recall = float(np.mean([len(set(others(a, i)) & set(others(e, i))) / k for a, e, i in zip(approx, exact, qi)])) \
+        if k > 0 else 1.0
+    tmp = index.path / f".{FAISS_FILE}.tmp"
+    faiss.write_index(fi, str(tmp))
+    os.replace(tmp, index.path / FAISS_FILE)
+    info = {"kind": kind, "count": n, "recall_at_10": recall, "queries": len(qi), "nlist": nlist, "m": m,
+            "ef_search": ef_search, "nprobe": nprobe, "fingerprint": index.meta["fingerprint"]}
+    write_json(index.path / FAISS_META, info)
+    return info
+
+
+def faiss_search(index: Index, queries: np.ndarray, k: int):
+    """(scores, rows) from faiss.index when it exists and matches the index; else None."""
+    fpath, mpath = index.path / FAISS_FILE, index.path / FAISS_META
+    if not (fpath.is_file() and mpath.is_file()):
+        return None
+    info = read_json(mpath)
+    if info.get("count") != index.count or info.get("fingerprint") != index.meta["fingerprint"]:
+        return None
+    try:
+        import faiss
+    except ImportError:
+        return None
+    fi = faiss.read_index(str(fpath))
+    s, r = fi.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.count))
+    return s, r.astype(np.int64)

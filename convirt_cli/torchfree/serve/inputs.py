@@ -1,0 +1,49 @@
+"""What `convirt embed INPUT` reads: a table or data folder (as pretrain reads it), a folder of images,
+a text file of lines, one image, or `-` for lines on stdin. Each input gets its position as id."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES, find_table, read_rows
+from convirt_cli.torchfree.errors import ConvirtError
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl"}
+
+
+def _looks_like_images(lines: list[str]) -> bool:
+    return bool(lines) and all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in lines)
+
+
+def _lines(src: TextIO, name: str, kind: str | None, base: Path) -> tuple[str, list[dict]]:
+    raw = [(i, line.rstrip("\r\n")) for i, line in enumerate(src, start=1)]
+    raw = [(i, s) for i, s in raw if s.strip()]
+    kind = kind or ("image" if _looks_like_images([s for _, s in raw]) else "text")
+    if kind == "image":
+        return kind, [{"path": str((base / s.strip()).resolve()), "source": f"{name}:{i}"} for i, s in raw]
+    return kind, [{"text": s, "source": f"{name}:{i}"} for i, s in raw]
+
+
+def read_inputs(spec: str, kind: str | None = None, image_col: str = "image", text_col: str = "text",
+                stdin: TextIO | None = None) -> tuple[str, list[dict]]:
+    """INPUT -> (kind, [{path | text, source}]) in input order. `kind` None: guessed (tables: image)."""
+    if spec == "-":
+        return _lines(stdin or sys.stdin, "stdin", kind, Path.cwd())
+    path = Path(spec)
+    if not path.exists():
+        raise ConvirtError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image", [{"path": str(path.resolve()), "source": path.name}]
+    table = find_table(path) if path.is_dir() else (path if path.suffix.lower() in TABLE_SUFFIXES else None)
+    if path.is_file() and table is None:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return _lines(f, path.name, kind, path.parent)
+    kind = kind or "image"
+    if kind == "text" and table is None:
+        raise ConvirtError(f"{path}: --kind text needs a table with a text column or a text file of lines")
+    rows = read_rows(path, image_col=image_col, text_col=text_col if kind == "text" else None)
+    if kind == "image":
+        return kind, [{"path": str(r.image), "source": r.source} for r in rows]
+    return kind, [{"text": r.text, "source": r.source} for r in rows]
