@@ -336,4 +336,4 @@ def test_cli_errors_are_one_line(tmp_path, covid_csv):
     res = runner.invoke(app, ["finetune", str(covid_csv), "--label", "sex", "--metric", "r2", "--init", "random"])
     assert isinstance(res.exception, ConvirtError) and "not a multiclass metric" in str(res.exception)
     res = runner.invoke(app, ["finetune", str(covid_csv), "--label", "sex", "--label-fraction", "0"])
-    assert isinstance(res.exception, ConvirtError) and "label_fraction" in str(res.exception)
+    assert isinstance(res.exception, ConvirtError) and "--label-fraction 0: label fractions must lie in (0, 1]" in str(res.exception)

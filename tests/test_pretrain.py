@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from convirt_cli.cli.main import app
 from convirt_cli.torch.model import load_model
-from convirt_cli.torch.train.loop import pretrain
+from convirt_cli.torch.train.loop import NullReporter, pretrain
 from convirt_cli.torchfree.config import PretrainConfig
 
 
@@ -81,16 +81,11 @@ class Kill(Exception):
     pass
 
 
-class KillAt:
+class KillAt(NullReporter):
     """A reporter that 'kills' training right after step n (after its checkpoint was written)."""
 
     def __init__(self, n):
         self.n = n
-
-    def data_summary(self, *a): pass
-    def start(self, *a): pass
-    def epoch(self, *a): pass
-    def end(self, *a): pass
 
     def step(self, step, m):
         if step == self.n:

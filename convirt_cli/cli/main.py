@@ -1,29 +1,63 @@
-"""The `convirt` command: one sub-command per module in convirt_cli/commands (imports stay lazy)."""
+"""The `convirt` command. Sub-commands are built on demand: `convirt retrieve` imports and parses retrieve's
+options only (start-up is part of the promise for shell pipelines), `convirt --help` builds them all."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
+import typer.main
 
-from convirt_cli.cli.commands import (
-    classify,
-    embed,
-    evaluate,
-    export,
-    finetune,
-    index,
-    models,
-    pretrain,
-    retrieve,
-)
 from convirt_cli.torchfree.errors import ConvirtError
+
+# name -> (module in convirt_cli.cli.commands, function or sub-app, no_args_is_help)
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "pretrain": ("pretrain", "pretrain", True),
+    "finetune": ("finetune", "finetune", True),
+    "export": ("export", "export", False),
+    "embed": ("embed", "embed", True),
+    "retrieve": ("retrieve", "retrieve", True),
+    "index": ("index", "app", True),
+    "evaluate": ("evaluate", "app", True),
+    "classify": ("classify", "classify", True),
+    "models": ("models", "models", False),
+}
+
+
+def build_command(name: str):
+    """The click command for `name`, from its module in convirt_cli/cli/commands."""
+    module, attr, no_args_is_help = COMMANDS[name]
+    obj = getattr(importlib.import_module(f"convirt_cli.cli.commands.{module}"), attr)
+    if isinstance(obj, typer.Typer):  # a group of sub-commands (even of one: `index build`)
+        cmd = typer.main.get_group(obj)
+    else:
+        one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        one.command(name, no_args_is_help=no_args_is_help)(obj)
+        cmd = typer.main.get_command(one)
+    cmd.name = name
+    return cmd
+
+
+class LazyGroup(typer.core.TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = build_command(cmd_name)
+        return self.commands[cmd_name]
+
 
 app = typer.Typer(
     name="convirt",
+    cls=LazyGroup,
     help="Learn medical image encoders from images paired with reports (ConVIRT, RAD-DINO), export and serve them.",
     no_args_is_help=True,
     add_completion=False,
@@ -38,38 +72,29 @@ def main(config: Annotated[Path | None, typer.Option(
     if config is not None:
         if not config.is_file():
             raise ConvirtError(f"--config {config}: no such file")
-        os.environ["CONVIRT_CONFIG"] = str(config)  # read by config.settings_file() in this process only
-
-
-app.command("models", no_args_is_help=False)(models.models)
-app.command("pretrain", no_args_is_help=True)(pretrain.pretrain)
-app.command("export", no_args_is_help=False)(export.export)
-app.command("embed", no_args_is_help=True)(embed.embed)
-app.command("retrieve", no_args_is_help=True)(retrieve.retrieve)
-app.command("classify", no_args_is_help=True)(classify.classify)
-app.add_typer(evaluate.app, name="evaluate")
-app.add_typer(index.app, name="index")
-app.command("finetune", no_args_is_help=True)(finetune.finetune)
+        os.environ["CONVIRT_CONFIG"] = str(config)  # read by cli.settings.settings_file() in this process only
 
 
 def run() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    """Console entry point: a user mistake is one line on stderr (exit 2), a usage mistake click's usage text
+    (exit 2), an interrupt exits 130 / 143; never a traceback for either."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except ConvirtError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(e.line(), file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:
+        # typer carries its own copy of click: recognise its usage errors by shape, not by class
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
         raise
+    if isinstance(code, int) and code:
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)

@@ -1,37 +1,13 @@
-"""Batch encoding with the torch model (eval mode, no grad): rows/texts -> L2-normalised numpy arrays."""
+"""Batch encoding with the torch model (eval mode, no grad): texts / pixels -> L2-normalised numpy arrays."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from convirt_cli.torch.data.dataset import Collate, PairDataset
-from convirt_cli.torch.data.transforms import to_model_input
 from convirt_cli.torch.model import ConVIRT
-from convirt_cli.torchfree.data.readers import Row
-
-
-@torch.no_grad()
-def encode_rows(model: ConVIRT, rows: Sequence[Row], batch_size: int = 64, device: str | torch.device = "cpu",
-                num_workers: int = 0, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[int]]:
-    """Images of rows -> ([n_ok, d] embeddings, indices of the rows that decoded)."""
-    model.eval().to(device)
-    cfg = model.cfg.image
-    ds = PairDataset(list(rows), cfg.image_size, sample_sentences=False, with_text=False, cache_bytes=0)
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=Collate(None), num_workers=num_workers)
-    out, ok = [], []
-    for batch in loader:
-        if batch["images"].shape[0]:
-            x = to_model_input(batch["images"].to(device), cfg.mean, cfg.std, cfg.in_chans)
-            out.append(model.encode_image(x).float().cpu().numpy())
-            ok.extend(batch["index"].tolist())
-        if on_batch:
-            on_batch(len(batch["index"]) + len(batch["bad"]))
-    dim = model.cfg.projection.dim
-    return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), ok
 
 
 @torch.no_grad()

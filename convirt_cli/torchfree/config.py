@@ -1,125 +1,24 @@
-"""One typed config per command: CLI flags > CONVIRT_* env vars > convirt.toml > defaults.
+"""One typed config per command: plain pydantic models, validated up front, that the library takes as is.
 
-convirt.toml may hold shared top-level keys and one table per command:
-
-    device = "cpu"
-    [pretrain]
-    epochs = 20
-    batch_size = 64
-
-Commands pass only the flags the user set (None = unset), so defaults never override a file or env.
+Only the CLI (convirt_cli.cli.settings) fills them from flags, CONVIRT_* variables and convirt.toml; the
+library never reads the environment. Every numeric setting carries its bounds here, so a bad value is one
+line naming the flag before any work starts. A config remembers where each value came from
+(`sources()`: flag, env, toml, preset, run, default), and `pretrain` writes that beside the values.
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
-
-from convirt_cli.torchfree.errors import ConvirtError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
-
-
-def settings_file() -> Path:
-    return Path(os.environ.get("CONVIRT_CONFIG", "convirt.toml"))
-
-
-class _TomlSection(PydanticBaseSettingsSource):
-    """Top-level keys the command knows, then its own [section] (which must only hold known keys)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], section: str):
-        super().__init__(settings_cls)
-        self.section = section
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ does the work
-
-    def __call__(self) -> dict[str, Any]:
-        path = settings_file()
-        if not path.is_file():
-            return {}
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConvirtError(f"{path}: not valid TOML ({e})") from None
-        fields = self.settings_cls.model_fields
-        out = {k: v for k, v in data.items() if k in fields and not isinstance(v, dict)}
-        table = data.get(self.section, {})
-        unknown = sorted(set(table) - set(fields))
-        if unknown:
-            raise ConvirtError(f"{path}: [{self.section}] has unknown keys {unknown}; "
-                               f"see `convirt {self.section} --help`")
-        return out | table
-
-
-class CommandSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONVIRT_", extra="forbid", validate_default=True)
-    section: ClassVar[str] = ""
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        return (init_settings, env_settings, _TomlSection(settings_cls, cls.section))
-
-    @classmethod
-    def resolve(cls, **flags: Any):
-        """Build from the flags the user set; a bad value becomes one line naming the setting."""
-        try:
-            return cls(**{k: v for k, v in flags.items() if v is not None})
-        except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(x) for x in err["loc"])
-            raise ConvirtError(f"setting '{key}' (flag --{key.replace('_', '-')}, env CONVIRT_{key.upper()}, "
-                               f"or {settings_file()}): {err['msg']}") from None
-
-
-class DataSettings(CommandSettings):
-    """How rows are read and split (shared by pretrain and finetune)."""
-
-    image_col: str = "image"
-    split_col: str | None = None
-    patient_col: str | None = None
-    val_fraction: float = 0.1
-    strict: bool = False
-    num_workers: int = 0
-    device: Device = "auto"
-    seed: int = 0
-    runs_dir: Path = Path("runs")
-
-
-class PretrainConfig(DataSettings):
-    section: ClassVar[str] = "pretrain"
-
-    data: Path
-    model: str = "tiny"
-    pretrained: bool = False
-    image_weights: Path | None = None
-    text_weights: Path | None = None
-    text_col: str = "text"
-    # the paper samples one report sentence per step; "report" feeds the whole text (easier, less noisy)
-    text_view: Literal["sentence", "report"] = "sentence"
-    out: Path | None = None
-    name: str | None = None
-    resume: bool = False
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-4  # the paper's Adam learning rate
-    weight_decay: float = 1e-6
-    schedule: Literal["cosine", "plateau"] = "cosine"
-    warmup_steps: int | None = None  # None: 5% of the run
-    grad_clip: float = 1.0
-    image_size: int | None = None  # None: the preset's
-    tau: float | None = None
-    lam: float | None = None
-    checkpoint_every: int = 0  # steps; 0: at the end of every epoch
-    plot: bool = True
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+ImageSize = Annotated[int, Field(ge=32, le=4096)]
+TEXT_VIEWS = ("sentence", "span", "report")
 
 
 def _comma_list(value: Any) -> Any:
@@ -129,36 +28,147 @@ def _comma_list(value: Any) -> Any:
     return value
 
 
+def check_name(value: str | None) -> str | None:
+    """A run / output name is one folder name inside its parent: never a path that leaves it."""
+    if value is None:
+        return value
+    if not value or value in (".", "..") or "/" in value or "\\" in value or value.startswith("."):
+        raise ValueError(f"'{value}' is not a plain folder name (no '/', '..' or leading '.'); "
+                         "use --out DIR to write somewhere else")
+    return value
+
+
+class Config(BaseModel):
+    """Base of every command's config: unknown keys are errors; values remember their source."""
+
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = ""
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def sources(self) -> dict[str, str]:
+        """Where each value came from: flag / env / toml / preset / run / default ("given" for library callers)."""
+        return {k: self._sources.get(k, "given" if k in self.model_fields_set else "default")
+                for k in type(self).model_fields}
+
+    def with_sources(self, sources: dict[str, str]) -> Config:
+        self._sources = dict(sources)
+        return self
+
+    def updated(self, values: dict[str, Any], source: str) -> Config:
+        """A re-validated copy with `values` applied, each recorded as coming from `source`."""
+        merged = self.model_dump() | values
+        new = type(self).model_validate({k: v for k, v in merged.items() if k in self.model_fields_set or k in values})
+        return new.with_sources(self.sources() | {k: source for k in values})
+
+
+class DataSettings(Config):
+    """How rows are read and split (shared by pretrain and finetune)."""
+
+    image_col: str = "image"
+    split_col: str | None = None
+    patient_col: str | None = None
+    val_fraction: Fraction = 0.1
+    encoding: str = "auto"  # of CSV/JSONL tables: auto = UTF-8 (BOM-aware), UTF-16 by BOM, else cp1252
+    strict: bool = False
+    num_workers: NonNegative = 0
+    device: Device = "auto"
+    seed: NonNegative = 0
+    runs_dir: Path = Path("runs")
+
+
+class PretrainConfig(DataSettings):
+    """`convirt pretrain`. Values left unset take the preset's `train` recipe, then these defaults."""
+
+    section: ClassVar[str] = "pretrain"
+
+    data: Path | None = None  # required, except with --resume (the run's own config.json names it)
+    model: str = "tiny"
+    pretrained: bool = False
+    image_weights: Path | None = None
+    text_weights: Path | None = None
+    text_col: str = "text"
+    # sentence: the paper's one random sentence per step; report: the whole text; span: a random run of
+    # consecutive sentences covering at least half of the report (between the two)
+    text_view: Literal["sentence", "span", "report"] = "sentence"
+    out: Path | None = None
+    name: str | None = None
+    resume: bool = False
+    epochs: Positive = 10
+    min_steps: NonNegative = 0  # small data sets get more epochs, up to this many steps
+    max_steps: Positive | None = None
+    batch_size: Annotated[int, Field(ge=2)] = 32  # a contrastive batch needs at least one negative
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-4  # the paper's Adam learning rate
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-6
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    warmup_steps: NonNegative | None = None  # None: 5% of the run
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    image_size: ImageSize | None = None  # None: the preset's
+    tau: Annotated[float, Field(gt=0, le=10)] | None = None
+    lam: Annotated[float, Field(ge=0, le=1)] | None = None
+    checkpoint_every: NonNegative = 0  # steps; 0: at the end of every epoch
+    plot: bool = True
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+
+
+# what a preset's `train` section may set: the recipe, not the data or where things go
+RECIPE_KEYS = ("text_view", "epochs", "min_steps", "max_steps", "batch_size", "lr", "weight_decay", "schedule",
+               "warmup_steps", "grad_clip", "image_size", "tau", "lam")
+
+
+def apply_recipe(cfg: PretrainConfig, recipe: dict[str, Any], source: str) -> PretrainConfig:
+    """Fill the values the user left unset from a preset's recipe (it ranks above the built-in defaults only).
+
+    A user who sets --epochs (or --max-steps) has chosen the run's length: the recipe's min_steps then stays out.
+    """
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"train keys {unknown} are not recipe settings (allowed: {', '.join(RECIPE_KEYS)})")
+    chosen = cfg.model_fields_set
+    take = {k: v for k, v in recipe.items() if k not in chosen}
+    if {"epochs", "max_steps"} & chosen and "min_steps" not in chosen:
+        take.pop("min_steps", None)
+    return cfg.updated(take, source) if take else cfg
+
+
+def _positive_ints(v: list[int]) -> list[int]:
+    if not v or any(k < 1 for k in v):
+        raise ValueError(f"every k must be at least 1, got {v}")
+    return v
+
+
 class FinetuneConfig(DataSettings):
     """`convirt finetune`: inits x label fractions x seeds, linear probe or full fine-tuning."""
 
     section: ClassVar[str] = "finetune"
 
     data: Path
-    init: Annotated[list[str], NoDecode] = ["random"]  # run dirs, presets, `random`, `latest`
+    init: Annotated[list[str], Field(min_length=1)] = ["random"]  # run dirs, presets, `random`, `latest`
     model: str = "tiny"  # the preset `random` (and a preset init) builds
     pretrained: bool = False  # preset inits: hub weights (e.g. ImageNet); `random` never
-    labels: Annotated[list[str], NoDecode] = []
+    labels: list[str] = []
     task: Literal["auto", "multilabel", "multiclass", "regression"] = "auto"
-    missing: Annotated[list[str], NoDecode] = []  # extra values meaning "no label", e.g. -1 (uncertain)
+    missing: list[str] = []  # extra values meaning "no label", e.g. -1 (uncertain)
     mode: Literal["linear", "full"] = "linear"
-    label_fraction: Annotated[list[float], NoDecode] = [1.0]
-    seeds: int = 1
-    test_fraction: float = 0.2  # patients held out for test when there is no --split-col
-    epochs: int = 20  # full: the most epochs; early stopping usually ends sooner
-    patience: int = 5  # full: epochs without a better validation metric before stopping
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    image_size: int | None = None  # None: the init's
+    label_fraction: list[float] = [1.0]
+    seeds: Positive = 1
+    test_fraction: Fraction = 0.2  # patients held out for test when there is no --split-col
+    epochs: Positive = 20  # full: the most epochs; early stopping usually ends sooner
+    patience: Positive = 5  # full: epochs without a better validation metric before stopping
+    batch_size: Positive = 32
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    image_size: ImageSize | None = None  # None: the init's
     metric: str | None = None  # table/plot/early-stopping metric; None: macro_auc | auc | r2
-    bootstrap: int = 1000  # resamples for the test 95% intervals (0: none)
+    bootstrap: NonNegative = 1000  # resamples for the test 95% intervals (0: none)
     out: Path | None = None
     name: str | None = None
     save_models: bool = True
     plot: bool = True
 
-    _split = field_validator("init", "labels", "missing", "label_fraction", mode="before")(_comma_list)
+    _split = field_validator("init", "labels", "missing", "label_fraction", mode="before")(
+        classmethod(lambda cls, v: _comma_list(v)))
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @field_validator("label_fraction")
     @classmethod
@@ -167,15 +177,15 @@ class FinetuneConfig(DataSettings):
             raise ValueError(f"label fractions must lie in (0, 1], got {v}")
         return sorted(set(v))
 
-    @field_validator("seeds", "epochs", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be at least 1")
-        return v
+    @model_validator(mode="after")
+    def _held_out(self) -> FinetuneConfig:
+        if self.split_col is None and self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
+                             "training rows; keep their sum below 1")
+        return self
 
 
-class ExportConfig(CommandSettings):
+class ExportConfig(Config):
     """`convirt export`: a run -> ONNX graphs + tokenizer + preprocess/manifest (default RUN/onnx)."""
 
     section: ClassVar[str] = "export"
@@ -185,19 +195,19 @@ class ExportConfig(CommandSettings):
     out: Path | None = None
     fp16: bool = False
     int8_text: bool = False
-    opset: int = 18
-    seed: int = 0
+    opset: Annotated[int, Field(ge=17, le=23)] = 18
+    seed: NonNegative = 0
     runs_dir: Path = Path("runs")
 
 
-class ServeSettings(CommandSettings):
+class ServeSettings(Config):
     """What embed / retrieve / evaluate / classify share: which model, which backend, where."""
 
     model: str | None = None  # run dir or ONNX export; None: the latest run (retrieve: the index's model)
     backend: Literal["auto", "onnx", "torch"] = "auto"
     device: Device = "auto"
-    batch_size: int = 64
-    threads: int | None = None  # onnxruntime / torch intra-op threads (None: all cores)
+    batch_size: Positive = 64
+    threads: Positive | None = None  # onnxruntime / torch intra-op threads (None: all cores)
     runs_dir: Path = Path("runs")
 
 
@@ -219,22 +229,22 @@ class RetrieveConfig(ServeSettings):
     image: list[Path] = []
     queries: str | None = None  # file of lines (texts or image paths), or "-" for stdin
     index: Path | None = None  # None: <runs_dir>/latest-index
-    k: int = 10
+    k: Positive = 10
     format: Literal["table", "jsonl", "csv", "paths", "html"] = "table"
     out: Path | None = None  # html: write here instead of stdout
     exact: bool = False  # ignore a FAISS index
 
 
-class IndexBuildConfig(CommandSettings):
+class IndexBuildConfig(Config):
     section: ClassVar[str] = "index"
 
     index: Path | None = None
     faiss: bool = True
     kind: Literal["hnsw", "ivf", "flat"] = "hnsw"
-    nlist: int | None = None
-    m: int = 32
-    ef_search: int = 128
-    nprobe: int = 16
+    nlist: Positive | None = None
+    m: Annotated[int, Field(ge=2)] = 32
+    ef_search: Positive = 128
+    nprobe: Positive = 16
     runs_dir: Path = Path("runs")
 
 
@@ -248,15 +258,17 @@ class ZeroShotSettings(ServeSettings):
     prompts: Path | None = None  # JSON {label: [text, ...]}
     out: Path | None = None  # also write the JSON report here
     format: Literal["table", "json"] = "table"
-    seed: int = 0
+    seed: NonNegative = 0
 
 
 class EvaluateRetrievalConfig(ZeroShotSettings):
     section: ClassVar[str] = "evaluate"
 
     text_col: str = "text"
-    queries_per_class: int = 5
+    queries_per_class: Positive = 5
     k: list[int] = [5, 10, 50]
+
+    _k = field_validator("k")(classmethod(lambda cls, v: _positive_ints(v)))
 
 
 class ClassifyConfig(ZeroShotSettings):

@@ -1,4 +1,4 @@
-"""Atomic file writes and the weights fingerprint (torch-free)."""
+"""Atomic file writes, JSON that names a damaged file, and the weights fingerprint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from convirt_cli.torchfree.errors import ConvirtError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -57,8 +59,15 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path, fix: str = "rebuild it") -> dict:
+    """A JSON object from `path`; a damaged file is one ConvirtError naming it and `fix`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConvirtError(f"{path}: damaged ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ConvirtError(f"{path}: damaged (not a JSON object); {fix}")
+    return data
 
 
 FINGERPRINT_CACHE = ".fingerprint.json"

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from convirt_cli.torchfree.config import RECIPE_KEYS
 from convirt_cli.torchfree.errors import ConvirtError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -61,6 +62,17 @@ class ModelConfig(_Strict):
     text: TextTowerConfig
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    # the recipe that makes this preset learn (lr, text view, steps...): ranks above pretrain's built-in
+    # defaults and below convirt.toml, CONVIRT_* and flags (config.apply_recipe)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train")
+    @classmethod
+    def _recipe_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(RECIPE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown} (allowed: {', '.join(RECIPE_KEYS)})")
+        return v
 
 
 def list_models() -> list[str]:

@@ -42,11 +42,12 @@ def classify(
     flags = dict(locals())
     from convirt_cli.cli.commands.evaluate import emit, load_labelled, load_prompts
     from convirt_cli.cli.progress import progress_bar
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import ClassifyConfig
     from convirt_cli.torchfree.evaluate.zeroshot import classify as run_classify
     from convirt_cli.torchfree.serve.backends import open_encoder
 
-    cfg = ClassifyConfig.resolve(**flags)
+    cfg = resolve(ClassifyConfig, **flags)
     paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label)
     given = load_prompts(cfg.prompts)
     prompt_map = given or {c: [cfg.template.replace("{label}", c)] for c in sorted(set(labels))}

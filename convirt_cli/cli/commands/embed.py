@@ -29,13 +29,14 @@ def embed(
     from rich.console import Console
 
     from convirt_cli.cli.progress import progress_bar
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import EmbedConfig
     from convirt_cli.torchfree.serve.backends import open_encoder
     from convirt_cli.torchfree.serve.index import set_latest_index
     from convirt_cli.torchfree.serve.inputs import read_inputs
     from convirt_cli.torchfree.serve.pipeline import embed_items
 
-    cfg = EmbedConfig.resolve(**flags)
+    cfg = resolve(EmbedConfig, **flags)
     console = Console(stderr=True)
     kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads)

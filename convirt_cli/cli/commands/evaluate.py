@@ -103,11 +103,12 @@ def retrieval(
     """Image->image and text->image retrieval, correct = same label: Precision@k per class and mean."""
     flags = dict(locals())
     from convirt_cli.cli.progress import progress_bar
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import EvaluateRetrievalConfig
     from convirt_cli.torchfree.evaluate.zeroshot import evaluate_retrieval
     from convirt_cli.torchfree.serve.backends import open_encoder
 
-    cfg = EvaluateRetrievalConfig.resolve(**flags)
+    cfg = resolve(EvaluateRetrievalConfig, **flags)
     paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:

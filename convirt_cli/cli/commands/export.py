@@ -26,6 +26,7 @@ def export(
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.classifier import is_classifier_dir
     from convirt_cli.torch.export import export_classifier_onnx, export_onnx
     from convirt_cli.torchfree.config import ExportConfig
@@ -33,7 +34,7 @@ def export(
     from convirt_cli.torchfree.runs import resolve_run
 
     hf_logging.disable_progress_bar()
-    cfg = ExportConfig.resolve(**flags)
+    cfg = resolve(ExportConfig, **flags)
     console = Console(stderr=True)
     if cfg.run is not None and is_classifier_dir(cfg.run):
         if cfg.int8_text:

@@ -112,6 +112,7 @@ def finetune(
     flags = dict(locals())
     from transformers.utils import logging as hf_logging
 
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.train.finetune import finetune as run_finetune
     from convirt_cli.torchfree.config import FinetuneConfig
     from convirt_cli.torchfree.errors import ConvirtError
@@ -121,5 +122,5 @@ def finetune(
         raise ConvirtError("pass --label COL or --labels A,B, not both")
     flags["labels"] = several if several is not None else one
     hf_logging.disable_progress_bar()  # save_pretrained's shard bars would clutter ours
-    cfg = FinetuneConfig.resolve(**flags)
+    cfg = resolve(FinetuneConfig, **flags)
     run_finetune(cfg, RichReporter())

@@ -28,10 +28,11 @@ def build(
     flags = dict(locals())
     import sys
 
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import IndexBuildConfig
     from convirt_cli.torchfree.serve.index import build_faiss, latest_index, open_index
 
-    cfg = IndexBuildConfig.resolve(**flags)
+    cfg = resolve(IndexBuildConfig, **flags)
     idx = open_index(cfg.index or latest_index(cfg.runs_dir))
     info = build_faiss(idx, cfg.kind, cfg.nlist, cfg.m, cfg.ef_search, cfg.nprobe)
     print(json.dumps(info))

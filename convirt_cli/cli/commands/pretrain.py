@@ -43,8 +43,19 @@ class RichReporter:
         self.progress.update(self.task, completed=step, loss=m["loss"], sps=m["samples_per_s"])
 
     def epoch(self, m):
-        val = "n/a" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
-        self.progress.console.print(f"epoch {m['epoch']} step {m['step']}: val loss {val}")
+        val = "n/a" if m.get("val_loss") is None else f"{m['val_loss']:.4f}"
+        line = f"epoch {m['epoch']} step {m['step']}: val loss {val}"
+        if "val_i2t_r5" in m:
+            line += (f", image->report R@5 {m['val_i2t_r5']:.3f} (chance {m['val_r5_chance']:.3f}, "
+                     f"{m['val_retrieval_rows']} val pairs)")
+        self.progress.console.print(line)
+
+    def note(self, message):
+        self.console.print(message, highlight=False)
+
+    def warn(self, message):
+        console = self.progress.console if self.progress is not None else self.console
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
     def end(self, run, summary):
         if self.progress is not None:
@@ -54,15 +65,16 @@ class RichReporter:
 
 
 def pretrain(
-    data: Annotated[Path, typer.Argument(help="Folder with pairs.csv / pairs.jsonl, such a file, or a folder of images with .txt reports.")],
+    data: Annotated[Path | None, typer.Argument(help="Folder with pairs.csv / pairs.jsonl, such a file, or a folder of images with .txt reports (not needed with --resume).")] = None,
     model: o.Model = None,
     pretrained: o.Pretrained = None,
     image_weights: o.ImageWeights = None,
     text_weights: o.TextWeights = None,
     out: o.Out = None,
     name: Annotated[str | None, typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its last checkpoint.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its newest readable checkpoint, with its own settings.")] = None,
     epochs: o.Epochs = None,
+    min_steps: Annotated[int | None, typer.Option(help="Raise the epochs on small data sets to reach this many steps (default: the preset's).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     batch_size: o.BatchSize = None,
     lr: o.Lr = None,
@@ -78,22 +90,27 @@ def pretrain(
     device: o.Device = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
-    text_view: Annotated[str | None, typer.Option(help="sentence (the paper's: one random report sentence per step) | report (the whole text).")] = None,
+    text_view: Annotated[str | None, typer.Option(help="sentence (the paper's: one random report sentence per step) | span (a random run of at least half the sentences) | report (the whole text). Default: the preset's.")] = None,
     split_col: o.SplitCol = None,
     patient_col: o.PatientCol = None,
     val_fraction: o.ValFraction = None,
     strict: o.Strict = None,
+    encoding: o.Encoding = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: each epoch).")] = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
-    """Pretrain ConVIRT (bidirectional image-text InfoNCE) and leave a run directory for later commands."""
+    """Pretrain ConVIRT (bidirectional image-text InfoNCE) and leave a run directory for later commands.
+
+    Unset settings come from convirt.toml, CONVIRT_* variables, then the preset's own recipe (`convirt models`).
+    Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes it."""
     flags = dict(locals())
     from transformers.utils import logging as hf_logging
 
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.train.loop import pretrain as run_pretrain
     from convirt_cli.torchfree.config import PretrainConfig
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bars would clutter ours
 
-    cfg = PretrainConfig.resolve(**flags)
+    cfg = resolve(PretrainConfig, **flags)
     run_pretrain(cfg, RichReporter())

@@ -31,6 +31,7 @@ def retrieve(
 ) -> None:
     """Find the k most similar items (text->image, image->image, ...) for one or many queries at once."""
     flags = dict(locals())
+    from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import RetrieveConfig
     from convirt_cli.torchfree.errors import ConvirtError
     from convirt_cli.torchfree.serve import formats
@@ -39,7 +40,7 @@ def retrieve(
     from convirt_cli.torchfree.serve.pipeline import encode_queries, split_queries
     from convirt_cli.torchfree.serve.pipeline import retrieve as run_retrieve
 
-    cfg = RetrieveConfig.resolve(**flags)
+    cfg = resolve(RetrieveConfig, **flags)
     idx = open_index(cfg.index or latest_index(cfg.runs_dir))
     texts, images = list(cfg.query), [str(p) for p in cfg.image]
     if cfg.queries is not None:

@@ -15,15 +15,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from convirt_cli.torchfree.data.readers import Row
-from convirt_cli.torchfree.data.text import sample_sentence
+from convirt_cli.torchfree.data.text import text_view
 from convirt_cli.torchfree.imageio import load_gray
 
 
 class PairDataset(Dataset):
-    def __init__(self, rows: list[Row], image_size: int, sample_sentences: bool, seed: int = 0,
+    def __init__(self, rows: list[Row], image_size: int, text_view: str = "report", seed: int = 0,
                  with_text: bool = True, cache_bytes: int = 1 << 30):
         self.rows, self.size, self.seed = rows, image_size, seed
-        self.sample_sentences, self.with_text = sample_sentences, with_text
+        self.text_view, self.with_text = text_view, with_text
         self.epoch = 0
         # decoded images are small (uint8, one channel): keep them when they fit, so epochs 2+ skip PNG decode
         self.cache: dict[int, np.ndarray] | None = {} if len(rows) * image_size**2 <= cache_bytes else None
@@ -46,10 +46,7 @@ class PairDataset(Dataset):
         return arr
 
     def text(self, i: int) -> str:
-        text = self.rows[i].text
-        if not self.sample_sentences:
-            return text
-        return sample_sentence(text, random.Random(f"{self.seed}:{self.epoch}:{i}"))
+        return text_view(self.rows[i].text, self.text_view, random.Random(f"{self.seed}:{self.epoch}:{i}"))
 
     def __getitem__(self, i: int) -> dict:
         arr = self.image(i)

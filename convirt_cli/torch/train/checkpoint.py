@@ -37,21 +37,43 @@ def save_checkpoint(run: Path, model: torch.nn.Module, state: dict[str, Any], ke
     return final
 
 
-def last_checkpoint(run: Path) -> Path | None:
-    pointer = run / "checkpoints" / "last"
-    if not pointer.is_file():
-        return None
-    path = run / "checkpoints" / pointer.read_text().strip()
-    return path if path.is_dir() else None
+def candidates(run: Path) -> list[Path]:
+    """Checkpoint folders to resume from, best first: the one `last` names, then the others newest first
+    (`last` may name a folder that was deleted, or one whose files a crash or a disk damaged)."""
+    ckdir = run / "checkpoints"
+    found = sorted((p for p in ckdir.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    pointer = ckdir / "last"
+    named = ckdir / pointer.read_text().strip() if pointer.is_file() else None
+    if named is not None and named in found:
+        found.remove(named)
+        found.insert(0, named)
+    return found
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Restore weights into `model`; return the training state (optimizer, step, rng...)."""
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, training state) of one checkpoint folder; ConvirtError naming what is wrong with it."""
     try:
         weights = load_file(str(path / "model.safetensors"))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - reported in one line, whatever broke the file
-        raise ConvirtError(f"{path}: checkpoint unreadable ({type(e).__name__}: {e}); "
-                           "delete it to resume from the previous one") from None
-    model.load_state_dict(weights)
-    return state
+        raise ConvirtError(f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'unreadable'}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ConvirtError("state.pt holds no training state")
+    return weights, state
+
+
+def load_latest(run: Path, model: torch.nn.Module) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]]:
+    """Restore the newest readable checkpoint into `model`: (its folder, its training state, the newer ones
+    skipped with the reason). ConvirtError when none can be read."""
+    skipped: list[tuple[Path, str]] = []
+    for path in candidates(run):
+        try:
+            weights, state = read_checkpoint(path)
+            model.load_state_dict(weights)
+        except (ConvirtError, RuntimeError) as e:
+            skipped.append((path, str(e).splitlines()[0][:200]))
+            continue
+        return path, state, skipped
+    why = "; ".join(f"{p.name}: {r}" for p, r in skipped)
+    raise ConvirtError(f"--resume: {run} has no readable checkpoint" + (f" ({why})" if why else "")
+                       + "; start again without --resume")

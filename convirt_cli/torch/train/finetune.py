@@ -35,7 +35,7 @@ from convirt_cli.torch.classifier import (
 from convirt_cli.torch.data.transforms import augment, to_model_input
 from convirt_cli.torch.probe import extract_features, fit_linear_probe
 from convirt_cli.torch.towers import ImageTower
-from convirt_cli.torch.train.loop import autocast, pick_device
+from convirt_cli.torch.train.device import autocast, pick_device
 from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
 from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, read_rows

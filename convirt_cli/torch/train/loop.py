@@ -1,11 +1,12 @@
-"""ConVIRT pretraining, top to bottom: data -> model -> AdamW loop -> checkpoints -> run directory.
+"""Pretraining, top to bottom: config -> data -> objective -> AdamW loop -> checkpoints -> run directory.
 
+One loop for every objective (convirt_cli/torch/objectives): it owns the data checks, the step budget, the
+schedule, checkpoints, interrupts, metrics and the run's status; the objective owns views, model and loss.
 The loop reports through a `Reporter` (the CLI draws a rich bar with it); the library prints nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -16,21 +17,31 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from convirt_cli.torch.data.dataset import Collate, EpochSampler, PairDataset
-from convirt_cli.torch.data.transforms import augment, to_model_input
-from convirt_cli.torch.losses import convirt_loss
-from convirt_cli.torch.model import ConVIRT, create_model, load_model, save_model
-from convirt_cli.torch.train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
-from convirt_cli.torch.train.distributed import all_reduce_mean, gather_with_grad, init_distributed
+from convirt_cli.torch.data.dataset import EpochSampler
+from convirt_cli.torch.model import create_model, load_model, save_model
+from convirt_cli.torch.objectives import Objective
+from convirt_cli.torch.objectives.convirt import ConVIRTObjective
+from convirt_cli.torch.train import guard
+from convirt_cli.torch.train.checkpoint import load_latest, save_checkpoint
+from convirt_cli.torch.train.device import pick_device
+from convirt_cli.torch.train.distributed import Dist, init_distributed
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
-from convirt_cli.torchfree.config import PretrainConfig
-from convirt_cli.torchfree.data.readers import read_rows
+from convirt_cli.torch.train.stop import StopOnSignal, ignore_signals
+from convirt_cli.torchfree.config import PretrainConfig, apply_recipe
+from convirt_cli.torchfree.data.readers import Row, read_rows
 from convirt_cli.torchfree.data.split import split_rows
 from convirt_cli.torchfree.data.validate import Validation, validate_rows
-from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.files import write_json
+from convirt_cli.torchfree.errors import ConvirtError, Interrupted
+from convirt_cli.torchfree.files import read_json, write_json
 from convirt_cli.torchfree.registry import get_model_config, with_overrides
-from convirt_cli.torchfree.runs import append_jsonl, new_run_name, read_jsonl, set_latest
+from convirt_cli.torchfree.runs import (
+    append_jsonl,
+    new_run_name,
+    read_jsonl,
+    set_latest,
+    truncate_metrics,
+    write_summary,
+)
 
 
 class Reporter(Protocol):
@@ -38,6 +49,8 @@ class Reporter(Protocol):
     def start(self, total_steps: int, first_step: int) -> None: ...
     def step(self, step: int, metrics: dict) -> None: ...
     def epoch(self, metrics: dict) -> None: ...
+    def note(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def end(self, run: Path, summary: dict) -> None: ...
 
 
@@ -46,47 +59,9 @@ class NullReporter:
     def start(self, total_steps, first_step): pass
     def step(self, step, metrics): pass
     def epoch(self, metrics): pass
+    def note(self, message): pass
+    def warn(self, message): pass
     def end(self, run, summary): pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConvirtError("--device cuda but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower than fp32 on most machines)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def model_inputs(model: ConVIRT, batch: dict, device: torch.device, g: torch.Generator | None):
-    """uint8 batch -> standardised image tensor (augmented when a generator is given), token tensors."""
-    cfg = model.cfg.image
-    images = batch["images"].to(device, non_blocking=True)
-    x = augment(images, g) if g is not None else images
-    return (to_model_input(x, cfg.mean, cfg.std, cfg.in_chans),
-            batch["input_ids"].to(device, non_blocking=True), batch["attention_mask"].to(device, non_blocking=True))
-
-
-@torch.no_grad()
-def validation_loss(model: ConVIRT, loader: DataLoader, device: torch.device) -> float | None:
-    """Mean ConVIRT loss over validation batches: whole reports, no augmentation."""
-    model.eval()
-    losses = []
-    for batch in loader:
-        if batch["images"].shape[0] < 2:
-            continue
-        x, ids, mask = model_inputs(model, batch, device, None)
-        with autocast(device):
-            v, u = model(x, ids, mask)
-        losses.append(float(convirt_loss(v, u, model.cfg.loss.tau, model.cfg.loss.lam)))
-    model.train()
-    return sum(losses) / len(losses) if losses else None
 
 
 @dataclass
@@ -96,192 +71,342 @@ class _State:
     batch_in_epoch: int = 0
     plateau: Plateau = field(default_factory=Plateau)
     bad_images: int = 0
+    warned_at: dict | None = None  # the collapse guard's warning, once
 
 
-def _run_dir(cfg: PretrainConfig) -> Path:
+# ---------------------------------------------------------------- config and run directory
+
+def find_run(cfg: PretrainConfig) -> Path:
+    """The run directory: --out, the newest run with a checkpoint (--resume), or a new runs/<name>."""
     if cfg.out is not None:
         return cfg.out
-    if cfg.resume:  # the run whose last checkpoint is newest
-        pointers = sorted(cfg.runs_dir.glob("*/checkpoints/last"), key=lambda p: p.stat().st_mtime)
-        if not pointers:
+    if cfg.resume:
+        runs = [p.parent.parent for p in cfg.runs_dir.glob("*/checkpoints/step-*")]
+        if not runs:
             raise ConvirtError(f"--resume: no run with a checkpoint in {cfg.runs_dir}/; pass --out RUN_DIR")
-        return pointers[-1].parent.parent
+        return max(runs, key=lambda r: max(p.stat().st_mtime for p in (r / "checkpoints").iterdir()))
     return cfg.runs_dir / (cfg.name or new_run_name(cfg.model))
 
 
-def _build_model(cfg: PretrainConfig, run: Path, train_texts: list[str]) -> ConVIRT:
+def resolve_config(cfg: PretrainConfig, run: Path) -> PretrainConfig:
+    """--resume: the run's saved settings, then what the user set now; a new run: the preset's recipe under the
+    user's settings. A run never silently changes recipe between its start and its resume."""
+    if cfg.resume:
+        saved_file = run / "config.json"
+        if not saved_file.is_file():
+            raise ConvirtError(f"--resume: {run} holds no run to resume (no config.json); drop --resume to start one")
+        saved = read_json(saved_file, "delete the run and start again")
+        saved.pop("sources", None)
+        mine = {k: getattr(cfg, k) for k in cfg.model_fields_set}
+        try:
+            merged = PretrainConfig.model_validate({k: v for k, v in saved.items() if k in PretrainConfig.model_fields}
+                                                   | mine | {"resume": True, "out": run})
+        except ValueError as e:
+            raise ConvirtError(f"{saved_file}: cannot resume with these settings ({e})") from None
+        return merged.with_sources({k: "run" for k in saved} | {k: v for k, v in cfg.sources().items()
+                                                                   if k in mine})
+    if cfg.data is None:
+        raise ConvirtError("no DATA given: `convirt pretrain DATA` (a folder, or a CSV/JSONL table of image,text)")
+    preset = get_model_config(cfg.model)
+    try:
+        return apply_recipe(cfg, preset.train, f"preset {preset.name}")
+    except ValueError as e:
+        raise ConvirtError(f"preset '{preset.name}': its train recipe is invalid ({e}); fix the preset") from None
+
+
+# ---------------------------------------------------------------- data
+
+def dedupe(v: Validation) -> Validation:
+    """An (image, report) pair given twice would be its own negative in a contrastive batch: keep the first."""
+    seen: dict[tuple[Path, str], str] = {}
+    usable = []
+    for r in v.usable:
+        key = (r.image, r.text.strip())
+        if key in seen:
+            v.skipped.append((r, f"duplicate pair (of {seen[key]})"))
+        else:
+            seen[key] = r.source
+            usable.append(r)
+    v.usable = usable
+    return v
+
+
+def prepare_rows(cfg: PretrainConfig, need_text: bool, rep: Reporter) -> tuple[list[Row], list[Row]]:
+    rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding)
+    checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict))
+    splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
+    rep.data_summary(checked, {k: len(v) for k, v in splits.items()})
+    if len(splits["train"]) < 2:
+        raise ConvirtError(f"only {len(splits['train'])} training pairs after the split; need at least 2")
+    return splits["train"], splits["val"]
+
+
+def build_objective(cfg: PretrainConfig, run: Path, train_rows: list[Row], device: torch.device,
+                    dist: Dist) -> Objective:
     if cfg.resume:
         if not (run / "model.json").is_file():
-            raise ConvirtError(f"--resume: {run} holds no run to resume; drop --resume to start one")
-        return load_model(run)
-    mcfg = with_overrides(get_model_config(cfg.model), **{
-        "image.image_size": cfg.image_size, "loss.tau": cfg.tau, "loss.lam": cfg.lam})
-    model = create_model(mcfg, pretrained=cfg.pretrained, texts=train_texts,
-                         image_weights=cfg.image_weights, text_weights=cfg.text_weights)
-    save_model(model, run)  # the initial towers + tokenizer: what --resume rebuilds from
-    return model
+            raise ConvirtError(f"--resume: {run} holds no model to resume; drop --resume to start one")
+        model = load_model(run)
+    else:
+        mcfg = with_overrides(get_model_config(cfg.model), **{
+            "image.image_size": cfg.image_size, "loss.tau": cfg.tau, "loss.lam": cfg.lam})
+        model = create_model(mcfg, pretrained=cfg.pretrained, texts=[r.text for r in train_rows],
+                             image_weights=cfg.image_weights, text_weights=cfg.text_weights)
+        save_model(model, run)  # the initial towers + tokenizer: what --resume rebuilds from
+    return ConVIRTObjective(model, cfg, device, dist)
 
 
-def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
-    """Train ConVIRT on the pairs in cfg.data; returns the finished run directory."""
-    rep = reporter or NullReporter()
-    device = pick_device(cfg.device)
-    dist_ = init_distributed(device)
-    if dist_.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist_.local_rank)
-        torch.cuda.set_device(device)
-
-    if not dist_.main:
-        rep = NullReporter()  # one progress bar, from rank 0
-    rows = read_rows(cfg.data, cfg.image_col, cfg.text_col)
-    checked = validate_rows(rows, need_text=True, strict=cfg.strict)
-    splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
-    train_rows, val_rows = splits["train"], splits["val"]
-    rep.data_summary(checked, {k: len(v) for k, v in splits.items()})
-    if len(train_rows) < 2:
-        raise ConvirtError(f"only {len(train_rows)} training pairs after the split; need at least 2")
-
-    run = _run_dir(cfg)
-    torch.manual_seed(cfg.seed)
-    if dist_.main:
-        created = not run.exists()
-        run.mkdir(parents=True, exist_ok=True)
-        (cfg.runs_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            model = _build_model(cfg, run, [r.text for r in train_rows])
-        except BaseException:
-            if created:  # e.g. weights that cannot be downloaded: leave no empty run behind
-                shutil.rmtree(run, ignore_errors=True)
-            raise
-        write_json(run / "config.json", cfg.model_dump(mode="json"))
-    if dist_.world > 1:
-        torch.distributed.barrier()
-        if not dist_.main:
-            model = load_model(run)  # every rank starts from rank 0's towers and tokenizer
-    model.to(device).train()
-    mcfg = model.cfg
-
-    size = mcfg.image.image_size
-    collate = Collate(model.tokenizer, mcfg.text.max_length)
-    train_ds = PairDataset(train_rows, size, sample_sentences=cfg.text_view == "sentence", seed=cfg.seed)
-    sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=dist_.rank, world=dist_.world)
-    per_rank = len(sampler.indices())
-    batch_size = min(cfg.batch_size, per_rank)
-    loader_gen = torch.Generator()  # keeps DataLoader seeding off the global RNG (dropout replays on resume)
-    loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.num_workers, drop_last=True, generator=loader_gen,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    val_loader = DataLoader(PairDataset(val_rows, size, sample_sentences=False), batch_size=batch_size,
-                            collate_fn=collate, num_workers=cfg.num_workers) if len(val_rows) >= 2 else None
-
-    steps_per_epoch = per_rank // batch_size
-    total = cfg.epochs * steps_per_epoch
+def step_budget(cfg: PretrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(total steps, epochs): --epochs passes, raised to --min-steps on small data, capped by --max-steps."""
+    total = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
+    return total, math.ceil(total / steps_per_epoch)
+
+
+def recipe_line(cfg: PretrainConfig, total: int, epochs: int, batch: int) -> str:
+    """One line: the settings that decide whether a run learns, and where each came from."""
+    src = cfg.sources()
+
+    def show(key: str, value) -> str:
+        return f"{key.replace('_', ' ')} {value} ({src[key]})"
+
+    parts = [show("lr", f"{cfg.lr:g}"), show("text_view", cfg.text_view), show("batch_size", batch),
+             f"{total} steps = {epochs} epochs ({src['epochs']}" + (f", at least {cfg.min_steps} steps ({src['min_steps']})"
+                                                                    if cfg.min_steps else "") + ")"]
+    return "recipe: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------- the loop
+
+def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
+    """Train on the pairs in cfg.data; returns the finished run directory.
+
+    Raises Interrupted (after saving a checkpoint) on SIGINT / SIGTERM. A run that fails before its first
+    checkpoint leaves no folder behind.
+    """
+    rep = reporter or NullReporter()
+    run = find_run(cfg)
+    cfg = resolve_config(cfg, run)
+    device = pick_device(cfg.device)
+    dist = init_distributed(device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.main:
+        rep = NullReporter()  # one progress bar, from rank 0
+
+    train_rows, val_rows = prepare_rows(cfg, need_text=True, rep=rep)
+    created = not run.exists()
+    try:
+        return _train(cfg, run, train_rows, val_rows, device, dist, rep)
+    except Interrupted:
+        raise
+    except BaseException:
+        if created and dist.main and not (run / "metrics.jsonl").exists():  # a failed start leaves nothing behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list[Row], device: torch.device,
+           dist: Dist, rep: Reporter) -> Path:
+    torch.manual_seed(cfg.seed)
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+        obj = build_objective(cfg, run, train_rows, device, dist)
+    if dist.world > 1:
+        torch.distributed.barrier()
+        if not dist.main:  # every rank starts from rank 0's towers and tokenizer
+            obj = build_objective(cfg.model_copy(update={"resume": True}), run, train_rows, device, dist)
+    obj.module.to(device).train()
+
+    train_ds = obj.dataset(train_rows, train=True, seed=cfg.seed)
+    sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=dist.rank, world=dist.world)
+    per_rank = len(sampler.indices())
+    batch_size = min(cfg.batch_size, per_rank)
+    if batch_size < 2:
+        raise ConvirtError(f"{per_rank} training pairs per process: too few for a contrastive batch")
+    obj.batch_size = batch_size * dist.world
+    workers = {"num_workers": cfg.num_workers, "worker_init_fn": ignore_signals if cfg.num_workers else None}
+    loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, collate_fn=obj.collate, drop_last=True,
+                        generator=torch.Generator(),  # keeps DataLoader seeding off the global RNG (resume replays)
+                        pin_memory=device.type == "cuda", persistent_workers=False, **workers)
+    val_loader = DataLoader(obj.dataset(val_rows, train=False, seed=cfg.seed), batch_size=batch_size,
+                            collate_fn=obj.collate, **workers) if len(val_rows) >= 2 else None
+
+    steps_per_epoch = per_rank // batch_size
+    total, epochs = step_budget(cfg, steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    st = _State()
-    if cfg.resume:
-        ck = last_checkpoint(run)
-        if ck is None:
-            raise ConvirtError(f"--resume: {run} has no checkpoint yet; start again without --resume")
-        saved = load_checkpoint(ck, model)
-        opt.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        st = _State(saved["step"], saved["epoch"], saved["batch_in_epoch"],
-                    Plateau(*saved["plateau"]), saved["bad_images"])
-    net = model
-    if dist_.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def checkpoint() -> None:
-        if dist_.main:
-            save_checkpoint(run, model, {
-                "step": st.step, "epoch": st.epoch, "batch_in_epoch": st.batch_in_epoch,
-                "plateau": [st.plateau.scale, st.plateau.best, st.plateau.bad_epochs],
-                "bad_images": st.bad_images, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-            })
+    params = [p for g in obj.param_groups(cfg.lr, cfg.weight_decay) for p in g["params"]]
+    opt = torch.optim.AdamW(obj.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
 
     metrics_path = run / "metrics.jsonl"
-    rep.start(total, st.step)
-    tau, lam = mcfg.loss.tau, mcfg.loss.lam
-    t_last, n_since = time.perf_counter(), 0
-    while st.step < total and st.epoch < cfg.epochs:
-        train_ds.set_epoch(st.epoch)
-        sampler.set_epoch(st.epoch, start=st.batch_in_epoch * batch_size)
-        for batch in loader:
-            if st.step >= total:
-                break
-            st.bad_images += len(batch["bad"])
-            st.batch_in_epoch += 1
-            if batch["images"].shape[0] < 2:
-                continue
-            scale = warmup_cosine(st.step, total, warmup) if cfg.schedule == "cosine" else \
-                st.plateau.scale * min(1.0, (st.step + 1) / max(1, warmup))
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * scale
-            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + st.step) * 64 + dist_.rank)
-            x, ids, mask = model_inputs(model, batch, device, g)
-            with autocast(device):
-                v, u = net(x, ids, mask)
-            v_all, offset = gather_with_grad(v, dist_)
-            u_all, _ = gather_with_grad(u, dist_)
-            loss = convirt_loss(v, u, tau, lam, v_all=v_all, u_all=u_all, offset=offset)
-            if not math.isfinite(loss.item()):
-                raise ConvirtError(f"loss became {loss.item()} at step {st.step}; lower --lr or raise --tau")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-            opt.step()
-            st.step += 1
-            n_since += x.shape[0] * dist_.world
-            now = time.perf_counter()
-            record = {"step": st.step, "epoch": st.epoch, "loss": loss.item(), "lr": cfg.lr * scale,
-                      "samples_per_s": n_since / max(now - t_last, 1e-9)}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            t_last, n_since = now, 0
-            if dist_.main:
-                append_jsonl(metrics_path, record)
-            if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
-                checkpoint()
-            rep.step(st.step, record)
-        else:  # the epoch ran to its end
-            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-            val = validation_loss(model, val_loader, device) if val_loader is not None else None
-            if val is not None:
-                val = all_reduce_mean(val, dist_, device)
-                st.plateau = st.plateau.update(val)
-            epoch_rec = {"step": st.step, "epoch": st.epoch, "val_loss": val, "lr_scale": st.plateau.scale,
-                         "bad_images": st.bad_images}
-            if dist_.main:
-                append_jsonl(metrics_path, epoch_rec)
-            rep.epoch(epoch_rec)
-            checkpoint()
-            continue
-        break  # max_steps reached mid-epoch
+    st = _State()
+    if cfg.resume:
+        ck, saved, skipped = load_latest(run, obj.module)
+        for path, why in skipped:
+            rep.warn(f"skipped checkpoint {path.name}: {why}; resuming from {ck.name}")
+        opt.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        st = _State(saved["step"], saved["epoch"], saved["batch_in_epoch"], Plateau(*saved["plateau"]),
+                    saved["bad_images"], saved.get("warned_at"))
+        if dist.main:
+            truncate_metrics(metrics_path, st.step)  # the steps after the checkpoint are replayed
+    losses = [r["loss"] for r in read_jsonl(metrics_path) if "loss" in r] if cfg.resume else []
 
-    if st.batch_in_epoch:  # stopped mid-epoch by --max-steps: checkpoint so --resume can extend it
+    summary = {"status": "running", "objective": obj.name, "steps": st.step, "total_steps": total, "epochs": epochs,
+               "train_pairs": len(train_rows), "val_pairs": len(val_rows), "batch_size": obj.batch_size,
+               "device": str(device), "world_size": dist.world}
+    if dist.main:
+        saved_cfg = cfg.model_dump(mode="json") | {"data": str(Path(cfg.data).resolve()), "sources": cfg.sources()}
+        write_json(run / "config.json", saved_cfg)
+        write_summary(run, summary)
+
+    net = obj.trainable()
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint() -> Path | None:
+        if not dist.main:
+            return None
+        return save_checkpoint(run, obj.module, {
+            "step": st.step, "epoch": st.epoch, "batch_in_epoch": st.batch_in_epoch,
+            "plateau": [st.plateau.scale, st.plateau.best, st.plateau.bad_epochs], "bad_images": st.bad_images,
+            "warned_at": st.warned_at, "optimizer": opt.state_dict(), "rng": torch.get_rng_state()})
+
+    rep.note(recipe_line(cfg, total, epochs, obj.batch_size))
+    rep.start(total, st.step)
+    check_at = guard.check_step(total)
+    last_val: dict | None = None
+    t_last, n_since = time.perf_counter(), 0
+    with StopOnSignal() as stop:
+        while st.step < total and st.epoch < epochs and not _stopping(stop, dist, device):
+            train_ds.set_epoch(st.epoch)
+            sampler.set_epoch(st.epoch, start=st.batch_in_epoch * batch_size)
+            for batch in _batches(loader, stop):
+                st.bad_images += len(batch["bad"])
+                st.batch_in_epoch += 1
+                if batch["images"].shape[0] < 2:
+                    continue
+                scale = warmup_cosine(st.step, total, warmup) if cfg.schedule == "cosine" else \
+                    st.plateau.scale * min(1.0, (st.step + 1) / max(1, warmup))
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * scale
+                g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + st.step) * 64 + dist.rank)
+                loss, extra = obj.loss(net, batch, st.step, g)
+                if not math.isfinite(loss.item()):
+                    raise ConvirtError(f"loss became {loss.item()} at step {st.step}; lower --lr or raise --tau")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+                opt.step()
+                st.step += 1
+                extra |= obj.after_step(st.step)
+                n_since += batch["images"].shape[0] * dist.world
+                now = time.perf_counter()
+                record = {"step": st.step, "epoch": st.epoch, "loss": loss.item(), "lr": cfg.lr * scale,
+                          "samples_per_s": n_since / max(now - t_last, 1e-9)} | extra
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                t_last, n_since = now, 0
+                losses.append(record["loss"])
+                if dist.main:
+                    append_jsonl(metrics_path, record)
+                if st.step == check_at and st.warned_at is None:
+                    stuck, mean, ln_b = guard.at_start(losses, obj.batch_size)
+                    if stuck:
+                        st.warned_at = {"step": st.step, "loss": round(mean, 4)}
+                        rep.warn(guard.warning(st.step, total, mean, ln_b, obj.batch_size))
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    checkpoint()
+                rep.step(st.step, record)
+                if st.step >= total or _stopping(stop, dist, device):
+                    break
+            else:  # the epoch ran to its end (or its workers were stopped by the signal)
+                if stop.signum is not None:
+                    break
+                st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                val = obj.validate(val_loader) if val_loader is not None else {}
+                if "val_loss" in val:
+                    st.plateau = st.plateau.update(val["val_loss"])
+                    last_val = val
+                epoch_rec = {"step": st.step, "epoch": st.epoch, "val_loss": val.get("val_loss")} | val | {
+                    "lr_scale": st.plateau.scale, "bad_images": st.bad_images}
+                if dist.main:
+                    append_jsonl(metrics_path, epoch_rec)
+                rep.epoch(epoch_rec)
+                checkpoint()
+                continue
+            break  # the step budget ran out, or a signal, mid-epoch
+
+        if st.step < total and stop.signum is not None:
+            _interrupted(cfg, run, obj, checkpoint, st, summary, stop.signum or 15, dist)
+
+    if st.batch_in_epoch:  # stopped mid-epoch by the step budget: checkpoint so --resume can extend it
         checkpoint()
-    summary = {"steps": st.step, "epochs": st.epoch, "bad_images": st.bad_images,
-               "train_pairs": len(train_rows), "val_pairs": len(val_rows), "device": str(device),
-               "world_size": dist_.world}
-    if dist_.main:
-        model.eval()
-        save_model(model, run)
-        records = read_jsonl(metrics_path)
-        final_val = next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None)
-        summary["final_val_loss"] = final_val
-        write_json(run / "summary.json", summary)
+    summary |= {"status": "complete", "steps": st.step, "epochs": st.epoch, "bad_images": st.bad_images,
+                "final_val_loss": (last_val or {}).get("val_loss"),
+                "learning": obj.learning(losses, st.warned_at, last_val)}
+    if dist.main:
+        obj.module.eval()
+        obj.save(run)
+        write_summary(run, summary)
         if cfg.plot:
             from convirt_cli.torchfree.plots import loss_curve
 
-            loss_curve(records, run / "loss.png", title=f"{mcfg.name} on {Path(cfg.data).name}")
+            loss_curve(read_jsonl(metrics_path), run / "loss.png", title=f"{Path(cfg.model).stem} on {Path(cfg.data).name}")
         set_latest(cfg.runs_dir, run)
+    if summary["learning"].get("collapsed"):
+        rep.warn(f"{run} did not learn: {summary['learning']['message']}")
     rep.end(run, summary)
-    if dist_.world > 1:
+    if dist.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return run
+
+
+def _batches(loader: DataLoader, stop: StopOnSignal):
+    """The loader's batches; a worker lost to the signal that is stopping us ends the epoch quietly."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if stop.signum is not None:
+                return
+            raise
+        yield batch
+
+
+def _stopping(stop: StopOnSignal, dist: Dist, device: torch.device) -> bool:
+    """Has any rank been asked to stop? Ranks agree, so they stop at the same step."""
+    if dist.world == 1:
+        return stop.signum is not None
+    flag = torch.tensor([stop.signum or 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() and stop.signum is None:
+        stop.signum = int(flag.item())
+    return bool(flag.item())
+
+
+def _interrupted(cfg, run: Path, obj: Objective, checkpoint, st: _State, summary: dict, signum: int,
+                 dist: Dist) -> None:
+    """Save what was learnt so far, mark the run incomplete and raise Interrupted with the resume command."""
+    import signal
+
+    ck = checkpoint()
+    if dist.main:
+        obj.module.eval()
+        obj.save(run)  # export/embed of this run then serve its current weights, and say they are partial
+        write_summary(run, summary | {"status": "interrupted", "steps": st.step, "epochs": st.epoch,
+                                      "signal": signal.Signals(signum).name, "bad_images": st.bad_images})
+    if dist.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    where = f" ({ck})" if ck is not None else ""
+    raise Interrupted(f"{signal.Signals(signum).name} at step {st.step} of {summary['total_steps']}: checkpoint "
+                      f"saved{where}. Resume with: convirt pretrain --out {run} --resume", signum)

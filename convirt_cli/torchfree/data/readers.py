@@ -7,6 +7,7 @@ and skip names the file and row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,26 +36,60 @@ def find_table(data: Path) -> Path | None:
     return None
 
 
-def _read_table(path: Path) -> list[dict[str, str]]:
+
+
+def decode_table(path: Path, encoding: str = "auto") -> tuple[str, str]:
+    """A table's text and the encoding it was read with.
+
+    auto: UTF-8 (a BOM is dropped), UTF-16 when the file starts with its BOM (Excel's "Unicode text"), else
+    cp1252, the Windows superset of latin-1 that most hospital and spreadsheet exports use.
+    """
+    raw = path.read_bytes()
+    if encoding != "auto":
+        try:
+            return raw.decode(encoding), encoding
+        except LookupError:
+            raise ConvirtError(f"--encoding {encoding}: unknown encoding (e.g. utf-8, cp1252, latin-1)") from None
+        except UnicodeDecodeError as e:
+            raise ConvirtError(f"{path}: not {encoding} (byte {e.start}); pass the file's --encoding "
+                               "(e.g. cp1252, latin-1, utf-16) or --encoding auto") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16"), "utf-16"
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "latin-1"
+
+
+def _read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
+    text, _ = decode_table(path, encoding)
     if path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConvirtError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from None
-                rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConvirtError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from None
+            if not isinstance(obj, dict):
+                raise ConvirtError(f"{path}:{i}: expected one JSON object per line, got {type(obj).__name__}")
+            rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
         return rows
     if path.suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ","))
+        except csv.Error as e:
+            raise ConvirtError(f"{path}: not a readable CSV ({e}); check its quoting") from None
     raise ConvirtError(f"{path}: expected a .csv, .tsv or .jsonl file, or a folder of images with .txt files")
 
 
-def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text") -> list[Row]:
+def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
+              encoding: str = "auto") -> list[Row]:
     """All rows of DATA; `text_col=None` reads images only (finetune, embed)."""
     data = Path(data)
     if not data.exists():
@@ -62,7 +97,7 @@ def read_rows(data: str | Path, image_col: str = "image", text_col: str | None =
     table = find_table(data)
     if table is None:
         return _read_folder(data, text_col is not None)
-    records = _read_table(table)
+    records = _read_table(table, encoding)
     if not records:
         raise ConvirtError(f"{table}: no rows")
     cols = list(records[0].keys())
