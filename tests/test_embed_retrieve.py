@@ -221,3 +221,78 @@ def test_faiss_index_recall(index, tmp_path):
     b = invoke("retrieve", "--query", "opacity", "--index", index, "-k", "5", "--format", "jsonl", "--exact").stdout
     assert [json.loads(x)["id"] for x in a.splitlines()] == [json.loads(x)["id"] for x in b.splitlines()]
     (index / "faiss.index").unlink()
+
+
+@pytest.mark.parametrize(("damage", "names"), [
+    ("truncate_npy", "embeddings.npy"),
+    ("garbage_npy", "embeddings.npy"),
+    ("nan_row", "embeddings.npy"),
+    ("broken_json", "index.json"),
+    ("cut_items", "items.jsonl"),
+    ("bad_item_line", "items.jsonl:3"),
+])
+def test_damaged_index_files_are_one_line(index, tiny_export, tmp_path, damage, names):
+    """A damaged index never gives a traceback or a "score": NaN: one line naming the file and how to rebuild."""
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(index, copy)
+    npy = copy / "embeddings.npy"
+    header = len(npy.read_bytes()) - 11 * 64 * 4  # 11 rows of d=64 float32 after the .npy header
+    if damage == "truncate_npy":
+        npy.write_bytes(npy.read_bytes()[:-100])
+    elif damage == "garbage_npy":  # bytes that decode to huge finite floats in row 2
+        data = bytearray(npy.read_bytes())
+        data[header + 2 * 256: header + 2 * 256 + 64] = b"\x7e" * 64
+        npy.write_bytes(bytes(data))
+    elif damage == "nan_row":
+        data = bytearray(npy.read_bytes())
+        data[header + 4 * 256: header + 4 * 256 + 8] = np.array([np.nan, np.nan], np.float32).tobytes()
+        npy.write_bytes(bytes(data))
+    elif damage == "broken_json":
+        (copy / "index.json").write_text('{"count": 11, "dim": ')
+    elif damage == "cut_items":
+        text = (copy / "items.jsonl").read_text()
+        (copy / "items.jsonl").write_text(text[: len(text) - 30])
+    elif damage == "bad_item_line":  # every hit's line is read: damage one that a query returns
+        lines = (copy / "items.jsonl").read_text().splitlines()
+        lines[2] = lines[2][:10] + "#" * (len(lines[2]) - 10)
+        (copy / "items.jsonl").write_text("\n".join(lines) + "\n")
+    res = invoke("retrieve", "--query", "bilateral opacities", "--index", copy, "-k", "11", "--format", "jsonl")
+    assert res.exit_code != 0 and isinstance(res.exception, ConvirtError), res.output
+    msg = str(res.exception)
+    assert names in msg and "convirt embed" in msg and "\n" not in msg, msg
+    assert "NaN" not in res.stdout
+
+
+def test_non_finite_embeddings_are_skipped_and_named(tmp_path):
+    from convirt_cli.torchfree.serve.pipeline import embed_items
+
+    class NaNOnSecond:
+        fingerprint, dim, backend, path = "f" * 16, 2, "onnx", tmp_path
+
+        def encode_texts(self, texts, batch_size=64, on_progress=None):
+            out = np.tile(np.array([[0.6, 0.8]], np.float32), (len(texts), 1))
+            out[1] = np.nan
+            return out
+
+    meta = embed_items(NaNOnSecond(), "text", [{"text": t, "source": f"s:{i}"} for i, t in enumerate("abc")],
+                       tmp_path / "idx")
+    assert meta["count"] == 2 and [s["reason"] for s in meta["skipped_now"]] == ["non-finite embedding"]
+    assert np.isfinite(np.load(tmp_path / "idx" / "embeddings.npy")).all()
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1", "utf-16", "utf-8-sig"])
+def test_tables_in_hospital_encodings_are_read(tmp_path, covid_csv, encoding):
+    """Windows / Excel exports: the text keeps its accents, no UnicodeDecodeError."""
+    from convirt_cli.torchfree.data.readers import read_rows
+
+    img = covid_csv.parent / "images" / sorted(p.name for p in (covid_csv.parent / "images").iterdir())[0]
+    table = tmp_path / "t.csv"
+    table.write_bytes(f'image,text\n{img},"Épanchement pleural gauche, côté opéré"\n'.encode(encoding))
+    rows = read_rows(table)
+    assert rows[0].text == "Épanchement pleural gauche, côté opéré"
+    assert read_rows(table, encoding=encoding)[0].text == rows[0].text
+    if encoding in ("cp1252", "latin-1"):  # told the wrong encoding: one line saying which flag to pass
+        with pytest.raises(ConvirtError, match=r"t.csv: not utf-8 \(byte \d+\); pass the file's --encoding"):
+            read_rows(table, encoding="utf-8")

@@ -66,15 +66,18 @@ def test_unloadable_weights_are_one_error_and_leave_no_run(tmp_path, covid_csv, 
 
 
 def test_cli_user_mistake_is_one_line(tmp_path, covid_csv):
+    import csv
     import subprocess
     import sys
 
     p = subprocess.run([sys.executable, "-m", "convirt_cli", "pretrain", str(covid_csv)], check=False,
                        capture_output=True, text=True, cwd=tmp_path)
+    with covid_csv.open() as f:
+        columns = ", ".join(next(csv.reader(f)))
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
-        f"error: {covid_csv}: no column 'text' (columns: " + p.stderr.split("(columns: ")[1].split(")")[0]
-        + "); pass --text-col NAME"]
+        f"error: {covid_csv}: no column 'text' (columns: {columns}); pass --text-col NAME"]
+    assert not (tmp_path / "runs").exists()
 
 
 class Kill(Exception):
@@ -110,3 +113,123 @@ def test_resume_gives_the_same_weights(tmp_path, covid_csv):
     assert all(torch.equal(ia[k], ib[k]) for k in ia)
     steps_b = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps_b[-1] == 6
+
+
+COMMON = {"text_col": "report", "batch_size": 8, "image_size": 64, "device": "cpu", "plot": False,
+          "val_fraction": 0.6, "seed": 1, "lr": 1e-3, "text_view": "report"}
+
+
+def _steps(run: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(x)]
+
+
+class Warnings(NullReporter):
+    def __init__(self):
+        self.lines = []
+
+    def warn(self, message):
+        self.lines.append(message)
+
+
+def test_resume_skips_a_damaged_or_missing_newest_checkpoint(tmp_path, covid_csv):
+    """--resume falls back to the newest readable checkpoint by itself, says which it skipped and why, and the
+    metrics log holds every step once."""
+    cfg = PretrainConfig(data=covid_csv, out=tmp_path / "r", runs_dir=tmp_path / "runs", max_steps=6,
+                         checkpoint_every=2, **COMMON)
+    run = pretrain(cfg)
+    ck = run / "checkpoints"
+    assert sorted(p.name for p in ck.glob("step-*")) == ["step-0000004", "step-0000006"]
+    (ck / "step-0000006" / "model.safetensors").write_bytes(b"\0" * 100)  # damaged newest
+    rep = Warnings()
+    pretrain(PretrainConfig(out=run, resume=True, max_steps=8, runs_dir=tmp_path / "runs", data=covid_csv), rep)
+    skips = [line for line in rep.lines if "checkpoint" in line]  # (a run this short also gets the collapse warning)
+    assert len(skips) == 1 and skips[0].startswith("skipped checkpoint step-0000006: SafetensorError") \
+        and skips[0].endswith("resuming from step-0000004")
+    assert _steps(run) == list(range(1, 9))  # steps 5-6 replayed once, not logged twice
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+    # the newest folder deleted by hand: `last` names a folder that is gone, the previous one is used
+    import shutil
+
+    shutil.rmtree(ck / "step-0000008")
+    assert (ck / "last").read_text().strip() == "step-0000008"
+    rep = Warnings()
+    pretrain(PretrainConfig(out=run, resume=True, max_steps=9, runs_dir=tmp_path / "runs"), rep)  # no DATA: the run's
+    assert _steps(run) == list(range(1, 10)) and not [line for line in rep.lines if "checkpoint" in line]
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path, covid_csv, monkeypatch):
+    """Whatever fails between creating the run folder and the first step (here the first loss) removes it."""
+    from convirt_cli.torch.objectives.convirt import ConVIRTObjective
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(ConVIRTObjective, "loss", boom)
+    cfg = PretrainConfig(data=covid_csv, out=tmp_path / "runs" / "r", runs_dir=tmp_path / "runs", max_steps=3, **COMMON)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pretrain(cfg)
+    assert not (tmp_path / "runs" / "r").exists() and not (tmp_path / "runs" / "latest").exists()
+    r = CliRunner().invoke(app, ["pretrain", str(covid_csv), "--text-col", "report", "--runs-dir", str(tmp_path / "runs"),
+                                 "--tau", "0"])
+    assert r.exit_code != 0 and "--tau 0.0: input should be greater than 0" in str(r.exception)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_collapse_guard_warns_records_and_export_says_so(tmp_path, covid_csv):
+    """A run that cannot learn (lr 1e-9) is warned about half way in, summary.json records it, and
+    `export` of it says so."""
+    rep = Warnings()
+    run = pretrain(PretrainConfig(data=covid_csv, out=tmp_path / "r", runs_dir=tmp_path / "runs", max_steps=24,
+                                  **COMMON | {"lr": 1e-9}), rep)
+    assert rep.lines and "within 2% of ln(8) = 2.079" in rep.lines[0] and "step 12 of 24" in rep.lines[0]
+    assert "--lr 1e-3" in rep.lines[0]
+    learning = json.loads((run / "summary.json").read_text())["learning"]
+    assert learning["collapsed"] and learning["warned"]["step"] == 12
+    r = CliRunner().invoke(app, ["export", str(run), "--onnx"])
+    assert r.exit_code == 0, r.output
+    assert "did not learn" in r.output
+    assert any("did not learn" in w for w in json.loads((run / "onnx" / "manifest.json").read_text())["warnings"])
+
+
+def test_learning_run_is_not_flagged(example_run):
+    learning = json.loads((example_run / "summary.json").read_text())["learning"]
+    assert not learning["collapsed"] and learning["warned"] is None, learning
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, covid_csv, sig, code):
+    """Ctrl-C (to the whole process group, DataLoader workers included) or a scheduler's SIGTERM: a checkpoint at
+    the current step, one line with the resume command, exit 128 + signal; the run is marked interrupted and
+    export says so; --resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, runs = tmp_path / "run", tmp_path / "runs"
+    cmd = [sys.executable, "-m", "convirt_cli", "pretrain", str(covid_csv), "--text-col", "report", "--epochs", "500",
+           "--batch-size", "8", "--image-size", "64", "--out", str(run), "--runs-dir", str(runs), "--device", "cpu",
+           "--num-workers", "1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env=os.environ | {"COLUMNS": "200"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(_steps(run)) >= 3):
+        time.sleep(0.2)
+    os.killpg(p.pid, getattr(signal, sig))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    step = int(last.split(" at step ")[1].split()[0])
+    assert last == (f"interrupted: {sig} at step {step} of 15500: checkpoint saved ({run}/checkpoints/"
+                    f"step-{step:07d}). Resume with: convirt pretrain --out {run} --resume")
+    assert "Traceback" not in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == step and summary["signal"] == sig
+    assert not (runs / "latest").exists()  # `latest` names finished runs only
+    r = CliRunner().invoke(app, ["export", str(run), "--onnx"])
+    assert r.exit_code == 0 and f"was interrupted at step {step} of 15500" in r.output, r.output
+    resumed = pretrain(PretrainConfig(out=run, resume=True, max_steps=step + 2, runs_dir=runs))
+    assert _steps(resumed) == list(range(1, step + 3))
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"

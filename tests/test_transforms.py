@@ -38,12 +38,33 @@ def test_crop_zooms_in():
     assert out.mean() > x.float().mean() / 255  # the bright centre fills more of the view
 
 
-def test_brightness_contrast_ranges():
-    x = torch.full((64, 1, 8, 8), 100, dtype=torch.uint8)
+def two_level(n=64, size=8):
+    """Left half 60, right half 140: an image on which contrast has something to stretch."""
+    x = torch.full((n, 1, size, size), 60, dtype=torch.uint8)
+    x[..., size // 2:] = 140
+    return x
+
+
+def test_brightness_scales_every_pixel_by_one_factor_per_image():
+    x = two_level()
     p = AugmentParams(**{**IDENTITY.__dict__, "brightness": (0.6, 1.4)})
     out = augment(x, torch.Generator().manual_seed(0), p)
-    ratio = out.mean(dim=(1, 2, 3)) / (100 / 255)
-    assert ratio.min() >= 0.6 - 1e-4 and ratio.max() <= 1.4 + 1e-4 and ratio.std() > 0.1
+    ratio = out / (x.float() / 255)  # [n, 1, s, s]
+    per_image = ratio.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-4)  # one factor per image
+    assert per_image.min() >= 0.6 - 1e-4 and per_image.max() <= 1.4 + 1e-4 and per_image[:, 0].std() > 0.1
+
+
+def test_contrast_stretches_around_the_image_mean():
+    x = two_level()
+    p = AugmentParams(**{**IDENTITY.__dict__, "contrast": (0.6, 1.4)})
+    out = augment(x, torch.Generator().manual_seed(0), p).flatten(1)
+    ref = (x.float() / 255).flatten(1)
+    mean = ref.mean(1, keepdim=True)
+    assert torch.allclose(out.mean(1, keepdim=True), mean, atol=1e-4)  # the mean stays
+    c = (out - mean) / (ref - mean)  # the same stretch for every pixel of an image
+    assert torch.allclose(c, c[:, :1].expand_as(c), atol=1e-3)
+    assert c.min() >= 0.6 - 1e-3 and c.max() <= 1.4 + 1e-3 and c[:, 0].std() > 0.1
 
 
 def test_gaussian_kernel_matches_numpy():

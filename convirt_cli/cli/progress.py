@@ -17,3 +17,10 @@ def progress_bar(label: str, total: int, unit: str = "items") -> Iterator[Callab
                   console=console, transient=not console.is_terminal) as prog:
         task = prog.add_task(label, total=total)
         yield lambda n: prog.advance(task, n)
+
+
+def note(line: str) -> None:
+    """One line for a person on stderr (stdout stays results only)."""
+    import sys
+
+    print(line, file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from convirt_cli.torch.data.transforms import to_model_input
 from convirt_cli.torch.towers import ImageTower
 from convirt_cli.torchfree.evaluate.metrics import PRIMARY, is_better, task_metrics
 
-L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)  # strong to weak: each fit warm-starts the next
+L2_GRID = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)  # strong to weak: each fit warm-starts the next
 
 
 @torch.no_grad()

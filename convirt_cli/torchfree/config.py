@@ -41,7 +41,7 @@ def check_name(value: str | None) -> str | None:
 class Config(BaseModel):
     """Base of every command's config: unknown keys are errors; values remember their source."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: fast CLI start
     section: ClassVar[str] = ""
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 

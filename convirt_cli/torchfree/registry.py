@@ -20,7 +20,7 @@ RUN_MODEL_FILE = "model.json"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: fast CLI start
 
 
 class ImageTowerConfig(_Strict):

@@ -41,7 +41,7 @@ def classify(
     """Label each image with the class whose prompt embedding is nearest; report accuracy and one-vs-rest AUC."""
     flags = dict(locals())
     from convirt_cli.cli.commands.evaluate import emit, load_labelled, load_prompts
-    from convirt_cli.cli.progress import progress_bar
+    from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import ClassifyConfig
     from convirt_cli.torchfree.evaluate.zeroshot import classify as run_classify
@@ -51,7 +51,7 @@ def classify(
     paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label)
     given = load_prompts(cfg.prompts)
     prompt_map = given or {c: [cfg.template.replace("{label}", c)] for c in sorted(set(labels))}
-    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads)
+    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:
         report = run_classify(encoder, paths, labels, prompt_map, cfg.batch_size, advance)
     report |= {"model": str(encoder.path), "fingerprint": encoder.fingerprint, "data": str(cfg.data),

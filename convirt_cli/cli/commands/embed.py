@@ -28,7 +28,7 @@ def embed(
     flags = dict(locals())
     from rich.console import Console
 
-    from convirt_cli.cli.progress import progress_bar
+    from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import EmbedConfig
     from convirt_cli.torchfree.serve.backends import open_encoder
@@ -39,7 +39,7 @@ def embed(
     cfg = resolve(EmbedConfig, **flags)
     console = Console(stderr=True)
     kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col)
-    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads)
+    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     with progress_bar(f"embed {kind_}s ({encoder.backend})", len(items), kind_ + "s") as advance:
         meta = embed_items(encoder, kind_, items, cfg.out, cfg.append, cfg.batch_size, advance)
     set_latest_index(cfg.runs_dir, cfg.out)

@@ -102,7 +102,7 @@ def retrieval(
 ) -> None:
     """Image->image and text->image retrieval, correct = same label: Precision@k per class and mean."""
     flags = dict(locals())
-    from convirt_cli.cli.progress import progress_bar
+    from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import EvaluateRetrievalConfig
     from convirt_cli.torchfree.evaluate.zeroshot import evaluate_retrieval
@@ -110,7 +110,7 @@ def retrieval(
 
     cfg = resolve(EvaluateRetrievalConfig, **flags)
     paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col)
-    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads)
+    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:
         report = evaluate_retrieval(encoder, paths, labels, texts, load_prompts(cfg.prompts), cfg.queries_per_class,
                                     cfg.k, cfg.seed, cfg.batch_size, advance)

@@ -57,3 +57,5 @@ def export(
         console.print(f"parity {name} ({r['precision']}): max|diff| {r['max_abs_diff']:.2g}, "
                       f"min cosine {r['min_cosine']:.6f}, top-10 overlap {r['top10_overlap']:.3f}")
     console.print(f"[green]exported[/] {run_dir} -> [bold]{folder}[/] (fingerprint {manifest['fingerprint']})")
+    for line in manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)

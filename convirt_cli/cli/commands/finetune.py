@@ -36,6 +36,9 @@ class RichReporter:
         shown = ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
         self.console.print(f"[bold]task[/] {s['task']} on {', '.join(s['columns'])}: {shown}")
 
+    def warn(self, message):
+        self.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
     def start(self, total_runs):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -64,8 +67,10 @@ class RichReporter:
             self.progress.stop()
         t = Table(title=f"{table['split']} {table['metric']} ({table['mode']}), mean ± sd over seeds")
         t.add_column("init")
+        from convirt_cli.torch.train.finetune import used_label
+
         for f in table["fractions"]:
-            t.add_column(f"{f * 100:g}% labels", justify="right")
+            t.add_column(f"{used_label(f, table.get('used'))} labels", justify="right")
         for row in table["rows"]:
             cells = [row["cells"].get(str(f)) for f in table["fractions"]]
             t.add_row(row["init"], *[f"{c['mean']:.3f} ± {c['sd']:.3f}" if c else "-" for c in cells])

@@ -51,11 +51,11 @@ class RichReporter:
         self.progress.console.print(line)
 
     def note(self, message):
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)
 
     def warn(self, message):
         console = self.progress.console if self.progress is not None else self.console
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
     def end(self, run, summary):
         if self.progress is not None:

@@ -31,6 +31,7 @@ def retrieve(
 ) -> None:
     """Find the k most similar items (text->image, image->image, ...) for one or many queries at once."""
     flags = dict(locals())
+    from convirt_cli.cli.progress import note
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import RetrieveConfig
     from convirt_cli.torchfree.errors import ConvirtError
@@ -52,13 +53,16 @@ def retrieve(
             raise ConvirtError(f"--queries {cfg.queries}: no such file (use - for stdin)")
         t, i = split_queries([s.strip() for s in lines if s.strip()])
         texts, images = texts + t, images + i
-    encoder = open_encoder(cfg.model or idx.meta.get("model"), cfg.backend, cfg.device, cfg.runs_dir, cfg.threads)
+    encoder = open_encoder(cfg.model or idx.meta.get("model"), cfg.backend, cfg.device, cfg.runs_dir, cfg.threads,
+                           note=note)
     if encoder.fingerprint != idx.meta["fingerprint"]:
         raise ConvirtError(f"{idx.path} was built by another model (fingerprint {idx.meta['fingerprint']}, "
                            f"{idx.meta.get('model')}); {encoder.path} is {encoder.fingerprint}. Re-embed with "
                            "this model or pass the index's --model")
     q, qs = encode_queries(encoder, texts, images)
     results = run_retrieve(idx, q, qs, cfg.k, cfg.exact)
+    note(f"{len(qs)} queries x {idx.count} items ({idx.path}) with {encoder.backend} on {encoder.device_used}"
+         f" ({encoder.path})")
     if not any(r["hits"] for r in results):
         raise ConvirtError("no results")
     if cfg.format == "html":

@@ -52,6 +52,7 @@ from convirt_cli.torchfree.runs import latest_run
 
 class Reporter(Protocol):
     def data_summary(self, summary: dict) -> None: ...
+    def warn(self, message: str) -> None: ...
     def start(self, total_runs: int) -> None: ...
     def run_start(self, init: str, fraction: float, seed: int, n_train: int) -> None: ...
     def epoch(self, record: dict) -> None: ...
@@ -61,6 +62,7 @@ class Reporter(Protocol):
 
 class NullReporter:
     def data_summary(self, summary): pass
+    def warn(self, message): pass
     def start(self, total_runs): pass
     def run_start(self, init, fraction, seed, n_train): pass
     def epoch(self, record): pass
@@ -286,15 +288,37 @@ def results_table(records: list[dict], metric: str, split: str) -> dict:
     return {"metric": metric, "split": split, "fractions": fractions, "rows": rows}
 
 
+def labels_used(fractions: list[float], seeds: int, subsets: dict, n_train: int) -> dict[str, dict]:
+    """Per requested fraction: the training rows actually used (over seeds) and whether keeping every class
+    raised it above ceil(fraction x rows)."""
+    out = {}
+    for f in fractions:
+        ns = [len(subsets[(f, s)]) for s in range(seeds)]
+        out[str(f)] = {"n_min": min(ns), "n_max": max(ns), "fraction_min": min(ns) / n_train,
+                       "fraction_max": max(ns) / n_train, "raised": min(ns) > math.ceil(f * n_train)}
+    return out
+
+
+def used_label(fraction: float, used: dict | None) -> str:
+    """A table column: the fraction asked for, and the rows it came to ("1% (6 rows = 10.9%)" when raised)."""
+    u = (used or {}).get(str(fraction))
+    if u is None:
+        return f"{fraction * 100:g}%"
+    n = f"{u['n_min']}" if u["n_min"] == u["n_max"] else f"{u['n_min']}-{u['n_max']}"
+    return f"{fraction * 100:g}% ({n} rows = {u['fraction_min']:.1%})" if u["raised"] else f"{fraction * 100:g}% ({n} rows)"
+
+
 def table_csv(table: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["init"] + [f"{f:g} {stat}" for f in table["fractions"] for stat in ("mean", "sd", "n")])
+    w.writerow(["init"] + [f"{f:g} {stat}" for f in table["fractions"] for stat in ("mean", "sd", "n", "rows")])
+    used = table.get("used", {})
     for row in table["rows"]:
         cells = []
         for f in table["fractions"]:
             c = row["cells"].get(str(f))
-            cells += [f"{c['mean']:.4f}", f"{c['sd']:.4f}", c["n"]] if c else ["", "", 0]
+            rows = used.get(str(f), {}).get("n_min", "")
+            cells += [f"{c['mean']:.4f}", f"{c['sd']:.4f}", c["n"], rows] if c else ["", "", 0, rows]
         w.writerow([row["init"]] + cells)
     return buf.getvalue()
 
@@ -345,6 +369,12 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     # the same subsets for every init: sampled from the training split by (fraction, seed) only
     subsets = {(f, s): train_idx[sample_fraction(labels.subset(train_idx), f, cfg.seed + s)]
                for f in cfg.label_fraction for s in range(cfg.seeds)}
+    used = labels_used(cfg.label_fraction, cfg.seeds, subsets, len(train_idx))
+    for f, u in used.items():
+        if u["raised"]:
+            rep.warn(f"--label-fraction {float(f):g}: {float(f):.2%} of the {len(train_idx)} labelled training rows is "
+                     f"{float(f) * len(train_idx):.2g} rows; it takes {u['n_min']} ({u['fraction_min']:.1%}) so that every "
+                     "class keeps an example. The table reports the rows used.")
     rep.start(len(specs) * len(subsets))
     names = [init_label(s, cfg.model, cfg.pretrained) for s in specs]
     if len(set(names)) < len(names):  # two runs with the same folder name: show the paths as given
@@ -391,7 +421,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
         del tower, feats
 
     table = results_table(records, metric, eval_split)
-    table["task"], table["mode"] = labels.task, cfg.mode
+    table["task"], table["mode"], table["used"] = labels.task, cfg.mode, used
     write_json(out / "table.json", table)
     atomic_write_text(out / "table.csv", table_csv(table))
     write_json(out / "results.json", {"summary": summary, "metric": metric, "records": records, "table": table})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-CHECK_AT = 0.25  # fraction of the run at which a run still at the start is warned about
-BAND = 0.05  # "at the start": loss >= (1 - BAND) * ln(batch)
+CHECK_AT = 0.5  # fraction of the run at which a run still at the start is warned about
+BAND = 0.02  # "at the start": loss >= (1 - BAND) * ln(batch)
 WINDOW = 20  # steps averaged
 
 FIXES = ("--lr 1e-3 for towers trained from scratch (1e-4 suits pretrained ones), --text-view span or report "

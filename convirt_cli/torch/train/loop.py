@@ -286,6 +286,8 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
             train_ds.set_epoch(st.epoch)
             sampler.set_epoch(st.epoch, start=st.batch_in_epoch * batch_size)
             for batch in _batches(loader, stop):
+                if st.step >= total:  # the budget ran out mid-epoch
+                    break
                 st.bad_images += len(batch["bad"])
                 st.batch_in_epoch += 1
                 if batch["images"].shape[0] < 2:
@@ -322,7 +324,7 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
                 if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
                     checkpoint()
                 rep.step(st.step, record)
-                if st.step >= total or _stopping(stop, dist, device):
+                if _stopping(stop, dist, device):
                     break
             else:  # the epoch ran to its end (or its workers were stopped by the signal)
                 if stop.signum is not None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.evaluate.metrics import roc_auc
 from convirt_cli.torchfree.evaluate.retrieval import precision_at_k
 
 
@@ -74,21 +75,6 @@ def evaluate_retrieval(encoder, paths: Sequence[str], labels: Sequence[str], tex
     return out
 
 
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve = P(score of a positive > score of a negative), ties count one half."""
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_s = scores[order]
-    # average ranks over ties (1-based)
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[positive].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def classify(encoder, paths: Sequence[str], labels: Sequence[str], prompts: dict[str, list[str]],
              batch_size: int = 64, on_progress=None) -> dict:
     """Zero-shot: an image's class is the prompt (mean of a class's prompt embeddings) it is closest to."""
@@ -104,7 +90,7 @@ def classify(encoder, paths: Sequence[str], labels: Sequence[str], prompts: dict
         centroids.append(t / (np.linalg.norm(t) + 1e-12))
     scores = emb @ np.stack(centroids).T  # [N, C]
     pred = np.array(classes)[scores.argmax(1)]
-    per_class = {c: {"auc": roc_auc(scores[:, j], y == c), "n": int((y == c).sum()),
+    per_class = {c: {"auc": roc_auc(y == c, scores[:, j]), "n": int((y == c).sum()),
                      "recall": float((pred[y == c] == c).mean()) if (y == c).any() else float("nan")}
                  for j, c in enumerate(classes)}
     aucs = [v["auc"] for v in per_class.values() if not np.isnan(v["auc"])]

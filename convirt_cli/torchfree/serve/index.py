@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,51 @@ LATEST_INDEX = "latest-index"
 FAISS_FILE, FAISS_META = "faiss.index", "faiss.json"
 
 
+REBUILD = "rebuild it: `convirt embed INPUT --out {path}` (the folder's index.json names the model)"
+
+
+class Items(Sequence):
+    """items.jsonl read lazily: line offsets found once (numpy over the bytes), a line decoded when asked for.
+
+    A retrieve over a million items decodes only its k hits. A line that does not decode names the file and line.
+    """
+
+    def __init__(self, path: Path, count: int, fix: str):
+        self.path, self.count, self.fix = Path(path), count, fix
+        data = self.path.read_bytes()
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        if len(ends) < count:
+            raise ConvirtError(f"{self.path}: {len(ends)} complete lines but index.json says {count} items "
+                               f"(cut short?); {fix}")
+        self._data, self._ends = data, ends[:count]
+        self._starts = np.r_[0, self._ends[:-1] + 1] if count else self._ends
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.count))]
+        if i < 0:
+            i += self.count
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        line = self._data[self._starts[i]:self._ends[i]]
+        try:
+            item = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            item = None
+        if not isinstance(item, dict):
+            raise ConvirtError(f"{self.path}:{i + 1}: damaged line; {self.fix}")
+        return item
+
+
 @dataclass
 class Index:
     path: Path
     meta: dict
     embeddings: np.ndarray  # [count, d], memmap
-    items: list[dict]
+    items: Items
 
     @property
     def count(self) -> int:
@@ -46,18 +86,31 @@ def is_index_dir(path: Path) -> bool:
 
 
 def open_index(path: Path, mmap: bool = True) -> Index:
+    """An index folder, checked: index.json whole, embeddings.npy the shape it says, items.jsonl long enough.
+    Anything damaged is one ConvirtError naming the file and how to rebuild it."""
     path = Path(path)
     if not is_index_dir(path):
         raise ConvirtError(f"{path}: not an index (no index.json); make one with `convirt embed INPUT --out {path}`")
-    meta = read_json(path / "index.json")
-    n = int(meta["count"])
-    emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
-    if emb.shape[0] < n or (n and emb.shape[1] != meta["dim"]):
-        raise ConvirtError(f"{path}: embeddings.npy holds {emb.shape} but index.json says {n} x {meta['dim']}; rebuild it")
-    with (path / "items.jsonl").open(encoding="utf-8") as f:
-        items = [json.loads(line) for _, line in zip(range(n), f)]
-    if len(items) < n:
-        raise ConvirtError(f"{path}: items.jsonl has {len(items)} lines but index.json says {n}; rebuild it")
+    fix = REBUILD.format(path=path)
+    meta = read_json(path / "index.json", fix)
+    try:
+        n, dim = int(meta["count"]), int(meta["dim"])
+        meta["fingerprint"], meta["kind"]
+    except (KeyError, TypeError, ValueError):
+        raise ConvirtError(f"{path / 'index.json'}: damaged (count, dim, fingerprint or kind missing); {fix}") from None
+    try:
+        emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise ConvirtError(f"{path / 'embeddings.npy'}: missing; {fix}") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise ConvirtError(f"{path / 'embeddings.npy'}: damaged ({str(e).splitlines()[0][:120]}); {fix}") from None
+    if emb.ndim != 2 or emb.shape[0] < n or (n and emb.shape[1] != dim) or emb.dtype != np.float32:
+        raise ConvirtError(f"{path / 'embeddings.npy'}: holds {emb.dtype} {emb.shape} but index.json says "
+                           f"{n} x {dim} float32; {fix}")
+    try:
+        items = Items(path / "items.jsonl", n, fix)
+    except FileNotFoundError:
+        raise ConvirtError(f"{path / 'items.jsonl'}: missing; {fix}") from None
     return Index(path, meta, emb[:n], items)
 
 
@@ -101,7 +154,7 @@ def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dic
         if old.meta["kind"] != meta["kind"]:
             raise ConvirtError(f"--append: {path} holds {old.meta['kind']} embeddings, not {meta['kind']}")
         _write_npy(path / "embeddings.npy", [old.embeddings, embeddings], dim)
-        atomic_write_text(path / "items.jsonl", _jsonl(old.items + items))
+        atomic_write_text(path / "items.jsonl", _jsonl(list(old.items) + items))
         meta = old.meta | {k: v for k, v in meta.items() if k not in ("created", "skipped")}
         meta |= {"count": old.count + len(items), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "skipped": old.meta.get("skipped", []) + meta.get("skipped", [])}

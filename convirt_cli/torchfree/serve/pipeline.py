@@ -14,6 +14,7 @@ import numpy as np
 from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.serve.index import (
+    REBUILD,
     Index,
     faiss_search,
     is_index_dir,
@@ -21,7 +22,7 @@ from convirt_cli.torchfree.serve.index import (
     open_index,
     write_index,
 )
-from convirt_cli.torchfree.serve.search import search
+from convirt_cli.torchfree.serve.search import DamagedRows, check_scores, search
 
 
 def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool = False, batch_size: int = 64,
@@ -46,6 +47,11 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
         if on_progress and bad:
             on_progress(len(bad))
         emb = encoder.encode_texts([items[i]["text"] for i in ok], batch_size=batch_size, on_progress=on_progress)
+    finite = np.isfinite(emb).all(1) if len(emb) else np.ones(0, bool)
+    if not finite.all():  # a model that outputs NaN for some input: skip and name those rows, never index them
+        bad = sorted(bad + [(ok[j], "non-finite embedding") for j in np.flatnonzero(~finite)])
+        ok = [i for i, f in zip(ok, finite) if f]
+        emb = emb[finite]
     if not ok and not append:
         raise ConvirtError(f"nothing to index: all {len(items)} inputs were skipped "
                            f"(first: {items[bad[0][0]].get('path', '')} {bad[0][1]})" if bad else "no inputs")
@@ -87,7 +93,12 @@ def retrieve(index: Index, q: np.ndarray, queries: list[dict], k: int = 10, exac
     if index.count == 0:
         raise ConvirtError(f"{index.path}: the index is empty")
     found = None if exact else faiss_search(index, q, k)
-    scores, rows = found if found is not None else search(index.embeddings, q, k)
+    try:
+        if found is not None:
+            check_scores(found[0])
+        scores, rows = found if found is not None else search(index.embeddings, q, k)
+    except DamagedRows as e:
+        raise ConvirtError(f"{index.path / 'embeddings.npy'}: damaged ({e}); {REBUILD.format(path=index.path)}") from None
     return [{"query": qu, "hits": [{"rank": j + 1, "score": float(s), "item": index.items[int(r)]}
                                    for j, (s, r) in enumerate(zip(ss, rr)) if r >= 0]}
             for qu, ss, rr in zip(queries, scores, rows)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import sys
 from pathlib import Path
 
@@ -68,7 +67,3 @@ def session(path: Path, device: str = "auto", threads: int | None = None):
             raise ConvirtError("--device cuda: onnxruntime could not load CUDA/cuDNN (install torch's CUDA wheels "
                                "or the CUDA 12/13 + cuDNN 9 libraries); use --device cpu")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), "cpu"
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -29,11 +29,27 @@ def _select(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
+class DamagedRows(ValueError):
+    """Index rows that cannot be unit vectors (NaN, infinity, or a cosine beyond 1): the file is damaged."""
+
+    def __init__(self, rows: list[int]):
+        super().__init__(f"rows {rows[:5]}{' ...' if len(rows) > 5 else ''} are not unit vectors")
+        self.rows = rows
+
+
+def check_scores(scores: np.ndarray, first_row: int = 0) -> None:
+    """Cosines of unit vectors lie in [-1, 1]: anything else (NaN included) means a damaged row."""
+    bad = ~(np.abs(scores) <= 1.001)  # NaN compares False, so it is caught too
+    if bad.any():
+        raise DamagedRows(sorted({first_row + int(c) for c in np.nonzero(bad)[1]}))
+
+
 def search(embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
            block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
     """embeddings [N, d] (may be a memmap), queries [Q, d] -> (scores [Q, k'], rows [Q, k']), k' = min(k, N).
 
-    Reads `block_bytes` of rows at a time; peak extra memory ~ block + Q x block_rows scores.
+    Reads `block_bytes` of rows at a time; peak extra memory ~ block + Q x block_rows scores. Raises DamagedRows
+    when a row scores outside [-1, 1] (NaN, or garbage bytes in the file).
     """
     n, d = embeddings.shape
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -45,6 +61,7 @@ def search(embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
     for start in range(0, n, block):
         chunk = np.asarray(embeddings[start:start + block], dtype=np.float32)
         s = q @ chunk.T
+        check_scores(s, start)
         r = np.broadcast_to(np.arange(start, start + len(chunk), dtype=np.int64), s.shape)
         s, r = _select(s, r, k)
         best_s, best_r = _select(np.concatenate([best_s, s], 1), np.concatenate([best_r, r], 1), k)

@@ -1,0 +1,131 @@
+"""The torch-free core, enforced: convirt_cli/torchfree never imports torch, transformers or timm, and the
+serving commands run from an ONNX export in an interpreter where importing them fails."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "convirt_cli"
+HEAVY = ("torch", "transformers", "timm", "torchvision")
+# the one bridge: choosing --backend torch loads the torch encoder inside a function
+LAZY_BRIDGES = {("torchfree/serve/backends.py", "convirt_cli.torch.encode")}
+
+
+def _imports(tree: ast.AST):
+    """(module imported, at module level?) for every import in a file."""
+    top = set(map(id, getattr(tree, "body", [])))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, id(node) in top
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, id(node) in top
+
+
+def test_torchfree_modules_import_nothing_heavy():
+    bad = []
+    for path in sorted((PKG / "torchfree").rglob("*.py")):
+        rel = path.relative_to(PKG).as_posix()
+        for mod, _ in _imports(ast.parse(path.read_text())):
+            root = mod.split(".")[0]
+            if root in HEAVY or mod.startswith("convirt_cli.cli"):
+                bad.append(f"{rel}: {mod}")
+            elif mod.startswith("convirt_cli.torch.") or mod == "convirt_cli.torch":
+                if (rel, mod) not in LAZY_BRIDGES:
+                    bad.append(f"{rel}: {mod}")
+    assert not bad, "torchfree/ must not import these:\n" + "\n".join(bad)
+
+
+def test_torch_side_never_imports_the_cli():
+    bad = [f"{p.relative_to(PKG)}: {m}" for p in sorted((PKG / "torch").rglob("*.py"))
+           for m, _ in _imports(ast.parse(p.read_text())) if m.startswith("convirt_cli.cli")]
+    assert not bad, bad
+
+
+BLOCKER = """
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {heavy!r}:
+            raise ImportError("blocked in this test: " + name)
+        return None
+sys.meta_path.insert(0, Blocked())
+from convirt_cli.cli.main import run
+sys.argv = ["convirt", *{args!r}]
+run()
+"""
+
+
+def run_blocked(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    code = BLOCKER.format(heavy=set(HEAVY), args=[str(a) for a in args])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, check=False,
+                          input=stdin, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)})
+
+
+@pytest.fixture(scope="module")
+def labelled(covid_csv, tmp_path_factory) -> Path:
+    """40 covid-cxr rows with their finding, as a table with absolute image paths."""
+    with covid_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["finding"] in ("COVID-19", "todo")][:40]
+    for r in rows:
+        r["image"] = str(covid_csv.parent / r["image"])
+    path = tmp_path_factory.mktemp("labelled") / "t.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_serving_commands_run_with_torch_unimportable(tiny_export, labelled, tmp_path):
+    """embed (images and texts), retrieve, index build, classify and evaluate retrieval from an ONNX export."""
+    steps = [
+        ["embed", labelled, "--model", tiny_export, "--out", tmp_path / "idx", "--runs-dir", tmp_path / "runs"],
+        ["retrieve", "--query", "bilateral opacities", "--index", tmp_path / "idx", "-k", "3", "--format", "jsonl"],
+        ["retrieve", "--image", labelled.parent / "nope.png", "--index", tmp_path / "idx"],
+        ["embed", labelled, "--kind", "text", "--text-col", "report", "--model", tiny_export, "--out",
+         tmp_path / "tidx", "--runs-dir", tmp_path / "runs"],
+        ["index", "build", tmp_path / "idx", "--faiss", "--kind", "flat"],
+        ["classify", labelled, "--label-col", "finding", "--model", tiny_export, "--format", "json"],
+        ["evaluate", "retrieval", labelled, "--label-col", "finding", "--queries-per-class", "2", "--model",
+         tiny_export, "--format", "json"],
+    ]
+    for args in steps:
+        p = run_blocked(args, tmp_path)
+        out = p.stdout + p.stderr
+        assert "blocked in this test" not in out, (args, out)
+        assert "Traceback" not in out, (args, out)
+        if any(str(a).endswith("nope.png") for a in args):
+            assert p.returncode == 2 and "nope.png" in p.stderr  # a bad query is still one line
+        else:
+            assert p.returncode == 0, (args, out)
+    hits = [json.loads(line) for line in run_blocked(steps[1], tmp_path).stdout.splitlines()]
+    assert len(hits) == 3 and all(h["path"].endswith(".png") for h in hits)
+
+
+def test_retrieve_says_which_backend_and_warns_on_torch_fallback(tiny_run, tiny_export, labelled, tmp_path):
+    """The index names the run; its RUN/onnx is missing, so retrieve falls back to torch and says why."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("onnx"))
+    from typer.testing import CliRunner
+
+    from convirt_cli.cli.main import app
+
+    r = CliRunner().invoke(app, ["embed", str(labelled), "--model", str(run), "--out", str(tmp_path / "idx"),
+                                 "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    assert f"warning: using torch: {run.resolve()} has no ONNX export" in r.stderr
+    r = CliRunner().invoke(app, ["retrieve", "--query", "opacity", "--index", str(tmp_path / "idx"), "--format", "paths"])
+    assert r.exit_code == 0, r.output
+    assert "has no ONNX export" in r.stderr and "with torch on cpu" in r.stderr
+    assert all(line.endswith(".png") for line in r.stdout.splitlines())  # stdout: results only
