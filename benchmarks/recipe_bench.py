@@ -110,7 +110,7 @@ def score(run: Path, ds: dict) -> dict:
 
     enc = TorchEncoder(run, device="cpu")
     held = [r for r in ds["held"] if r[ds["text_col"]].strip()]
-    img, ok, bad = enc.encode_images([r["image"] for r in held])
+    img, ok, _ = enc.encode_images([r["image"] for r in held])
     held = [held[i] for i in ok]
     txt = enc.encode_texts([r[ds["text_col"]] for r in held])
     groups = np.unique([r[ds["text_col"]] for r in held], return_inverse=True)[1]
@@ -186,7 +186,8 @@ def untrained(preset: str, ds: dict, size: int, tmp: Path) -> Path:
     from convirt_cli.torch.model import create_model, save_model
     from convirt_cli.torchfree.registry import get_model_config, with_overrides
 
-    rows = list(csv.DictReader(Path(ds["train"]).open()))
+    with Path(ds["train"]).open() as f:
+        rows = list(csv.DictReader(f))
     torch.manual_seed(0)
     model = create_model(with_overrides(get_model_config(preset), **{"image.image_size": size}),
                          texts=[r[ds["text_col"]] for r in rows if r[ds["text_col"]].strip()])

@@ -68,15 +68,20 @@ def example_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def example_heldout(tmp_path_factory) -> Path:
     """The val + test rows of examples/data (never trained on) as a CSV with absolute image paths."""
+    return table_with_absolute_paths(EXAMPLES / "pairs.csv", tmp_path_factory.mktemp("heldout") / "heldout.csv",
+                                     lambda r: r["split"] != "train")
+
+
+def table_with_absolute_paths(src: Path, dest: Path, keep=lambda r: True, limit: int | None = None) -> Path:
+    """The rows of table `src` that `keep` accepts (the first `limit`), image paths made absolute, written to dest."""
     import csv
 
-    with (EXAMPLES / "pairs.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] != "train"]
+    with src.open() as f:
+        rows = [r for r in csv.DictReader(f) if keep(r)][:limit]
     for r in rows:
-        r["image"] = str(EXAMPLES / r["image"])
-    path = tmp_path_factory.mktemp("heldout") / "heldout.csv"
-    with path.open("w", newline="") as f:
+        r["image"] = str(src.parent / r["image"])
+    with dest.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return path
+    return dest

@@ -287,7 +287,7 @@ def test_tables_in_hospital_encodings_are_read(tmp_path, covid_csv, encoding):
     """Windows / Excel exports: the text keeps its accents, no UnicodeDecodeError."""
     from convirt_cli.torchfree.data.readers import read_rows
 
-    img = covid_csv.parent / "images" / sorted(p.name for p in (covid_csv.parent / "images").iterdir())[0]
+    img = covid_csv.parent / "images" / min(p.name for p in (covid_csv.parent / "images").iterdir())
     table = tmp_path / "t.csv"
     table.write_bytes(f'image,text\n{img},"Épanchement pleural gauche, côté opéré"\n'.encode(encoding))
     rows = read_rows(table)

@@ -364,7 +364,8 @@ def test_tiny_label_fraction_reports_the_rows_it_used(tmp_path, covid_csv):
     from convirt_cli.torchfree.config import FinetuneConfig
 
     class Warn(NullReporter):
-        lines: list[str] = []
+        def __init__(self):
+            self.lines: list[str] = []
 
         def warn(self, message):
             self.lines.append(message)

@@ -218,7 +218,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, covid_csv, s
     while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(_steps(run)) >= 3):
         time.sleep(0.2)
     os.killpg(p.pid, getattr(signal, sig))
-    out, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=120)
     assert p.returncode == code, err
     last = err.strip().splitlines()[-1]
     step = int(last.split(" at step ")[1].split()[0])
