@@ -45,6 +45,7 @@ RECIPES = {
     "span-lr3e-4": {"lr": 3e-4, "text_view": "span", "epochs": 30, "min_steps": 500, "image_size": 128},
     "span-lr3e-3": {"lr": 3e-3, "text_view": "span", "epochs": 30, "min_steps": 500, "image_size": 128},
     "span-96": {"lr": 1e-3, "text_view": "span", "epochs": 30, "min_steps": 500, "image_size": 96},
+    "span-lr2e-3": {"lr": 2e-3, "text_view": "span", "epochs": 30, "min_steps": 500, "image_size": 128},
     "smoke": {"lr": 1e-3, "text_view": "span", "epochs": 1, "min_steps": 0, "image_size": 64},
     "span-long": {"lr": 1e-3, "text_view": "span", "epochs": 60, "min_steps": 1000, "image_size": 128},
 }
@@ -232,7 +233,11 @@ def main() -> None:
                                              device="cpu", plot=False, seed=seed, **BASE, **r)
                         run = pretrain(cfg)
                         s = json.loads((run / "summary.json").read_text())
+                        losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                                  if "loss" in json.loads(x)]
+                        half = losses[max(0, len(losses) // 2 - 20):len(losses) // 2]
                         rec |= {"steps": s["steps"], "final_val_loss": s.get("final_val_loss"),
+                                "loss_at_half": round(sum(half) / len(half), 4),
                                 "collapsed": s["learning"]["collapsed"], "warned": bool(s["learning"]["warned"]),
                                 "ln_batch": s["learning"]["ln_batch"], "final_loss": s["learning"]["final_loss"]}
                     rec |= score(run, ds)

@@ -83,3 +83,32 @@ def test_sentences():
     assert split_sentences("Heart is normal. Small left effusion.\nNo pneumothorax!") == [
         "Heart is normal.", "Small left effusion.", "No pneumothorax!"]
     assert split_sentences("1. 2.") == ["1. 2."]
+
+
+def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
+    """The same (image, report) twice would be its own negative in a contrastive batch: the second is skipped and
+    counted, naming the row it repeats; the same image with another report is kept."""
+    import csv
+
+    from convirt_cli.torch.train.loop import NullReporter, prepare_rows
+    from convirt_cli.torchfree.config import PretrainConfig
+
+    with covid_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["report"].strip()][:6]
+    for r in rows:
+        r["image"] = str(covid_csv.parent / r["image"])
+    rows += [dict(rows[0]), dict(rows[1], report="another note")]
+    table = tmp_path / "t.csv"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    class Keep(NullReporter):
+        def data_summary(self, v, splits):
+            self.v = v
+
+    rep = Keep()
+    train, val = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
+    assert rep.v.found == 8 and len(rep.v.usable) == 7 == len(train) + len(val)
+    assert [(row.source, why) for row, why in rep.v.skipped] == [("t.csv:8", "duplicate pair (of t.csv:2)")]

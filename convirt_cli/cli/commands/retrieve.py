@@ -37,12 +37,12 @@ def retrieve(
     from convirt_cli.torchfree.errors import ConvirtError
     from convirt_cli.torchfree.serve import formats
     from convirt_cli.torchfree.serve.backends import open_encoder
-    from convirt_cli.torchfree.serve.index import latest_index, open_index
+    from convirt_cli.torchfree.serve.index import index_meta, latest_index, open_index
     from convirt_cli.torchfree.serve.pipeline import encode_queries, split_queries
     from convirt_cli.torchfree.serve.pipeline import retrieve as run_retrieve
 
     cfg = resolve(RetrieveConfig, **flags)
-    idx = open_index(cfg.index or latest_index(cfg.runs_dir))
+    index_dir = cfg.index or latest_index(cfg.runs_dir)
     texts, images = list(cfg.query), [str(p) for p in cfg.image]
     if cfg.queries is not None:
         if cfg.queries == "-":
@@ -53,8 +53,10 @@ def retrieve(
             raise ConvirtError(f"--queries {cfg.queries}: no such file (use - for stdin)")
         t, i = split_queries([s.strip() for s in lines if s.strip()])
         texts, images = texts + t, images + i
-    encoder = open_encoder(cfg.model or idx.meta.get("model"), cfg.backend, cfg.device, cfg.runs_dir, cfg.threads,
-                           note=note)
+    meta = index_meta(index_dir)
+    encoder = open_encoder(cfg.model or meta.get("model"), cfg.backend, cfg.device, cfg.runs_dir, cfg.threads,
+                           note=note, bulk=len(texts) + len(images) > 256)
+    idx = open_index(index_dir)
     if encoder.fingerprint != idx.meta["fingerprint"]:
         raise ConvirtError(f"{idx.path} was built by another model (fingerprint {idx.meta['fingerprint']}, "
                            f"{idx.meta.get('model')}); {encoder.path} is {encoder.fingerprint}. Re-embed with "

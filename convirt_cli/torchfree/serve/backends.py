@@ -49,10 +49,11 @@ def resolve_model(spec: str | Path | None, runs_dir: Path = Path("runs")) -> Mod
 
 
 def open_encoder(spec: str | Path | None, backend: str = "auto", device: str = "auto", runs_dir: Path = Path("runs"),
-                 threads: int | None = None, note: Callable[[str], None] | None = None):
+                 threads: int | None = None, note: Callable[[str], None] | None = None, bulk: bool = True):
     """An encoder with .encode_images(paths) / .encode_texts(texts), .fingerprint, .dim, .backend, .path.
 
-    `note` hears, in one line each, a fall-back to torch and why, and what a user should know about the run
+    bulk=False: a few inputs (retrieve's queries), so start fast rather than run big batches fast. `note` hears,
+    in one line each, a fall-back to torch and why, and what a user should know about the run
     (interrupted, or did not learn)."""
     say = note or (lambda line: None)
     ref = resolve_model(spec, runs_dir)
@@ -61,7 +62,7 @@ def open_encoder(spec: str | Path | None, backend: str = "auto", device: str = "
     if backend == "onnx" or (backend == "auto" and ref.export is not None):
         if ref.export is None:
             raise ConvirtError(f"{ref.why_no_export}; or use --backend torch")
-        enc = OnnxEncoder(ref.export, device=device, threads=threads)
+        enc = OnnxEncoder(ref.export, device=device, threads=threads, bulk=bulk)
         for line in enc.manifest.get("warnings", []):
             say(f"warning: {line}")
         return enc

@@ -85,14 +85,20 @@ def is_index_dir(path: Path) -> bool:
     return (Path(path) / "index.json").is_file()
 
 
+def index_meta(path: Path) -> dict:
+    """index.json alone (which model made the index), before the index is opened."""
+    path = Path(path)
+    if not is_index_dir(path):
+        raise ConvirtError(f"{path}: not an index (no index.json); make one with `convirt embed INPUT --out {path}`")
+    return read_json(path / "index.json", REBUILD.format(path=path))
+
+
 def open_index(path: Path, mmap: bool = True) -> Index:
     """An index folder, checked: index.json whole, embeddings.npy the shape it says, items.jsonl long enough.
     Anything damaged is one ConvirtError naming the file and how to rebuild it."""
     path = Path(path)
-    if not is_index_dir(path):
-        raise ConvirtError(f"{path}: not an index (no index.json); make one with `convirt embed INPUT --out {path}`")
     fix = REBUILD.format(path=path)
-    meta = read_json(path / "index.json", fix)
+    meta = index_meta(path)
     try:
         n, dim = int(meta["count"]), int(meta["dim"])
         meta["fingerprint"], meta["kind"]

@@ -40,11 +40,14 @@ def _preload_cuda_libs() -> None:
                 pass
 
 
-def session(path: Path, device: str = "auto", threads: int | None = None):
-    """An InferenceSession for `path` on `device` (auto | cpu | cuda); returns (session, device used)."""
+def session(path: Path, device: str = "auto", threads: int | None = None, prepack: bool = True):
+    """An InferenceSession for `path` on `device` (auto | cpu | cuda); returns (session, device used).
+    prepack=False leaves the weights as stored (faster start, slower big batches)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: no "some nodes were not assigned" warnings
     if threads:
