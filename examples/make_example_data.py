@@ -4,7 +4,8 @@
 Every image is a stylised frontal chest radiograph drawn with numpy; every
 report is built from templates.  The findings chosen for an image decide both
 what is drawn and what the report says, so a contrastive image-text model
-(ConVIRT) can learn the pairing.
+(ConVIRT) can learn the pairing.  Each image also gets a mask (masks/NNNN.png)
+of the region its primary finding draws, a target for segmentation probes.
 
 Orientation follows the radiological convention: the patient's RIGHT side is
 on the LEFT of the image.  (So horizontal-flip augmentation breaks the link
@@ -85,8 +86,10 @@ def _lung_geometry(anat: dict, jit: dict, size: int) -> dict:
 
 
 def render_image(anat: dict, findings: dict, rng: np.random.Generator, size: int = 128,
-                 grain: float = 0.0) -> np.ndarray:
-    """Render one radiograph as a uint8 array (size x size)."""
+                 grain: float = 0.0, regions: dict | None = None) -> np.ndarray:
+    """Render one radiograph as a uint8 array (size x size); `regions`, when given, receives each finding's drawn
+    region as a bool mask (the same random draws either way, so images do not depend on it)."""
+    regions = {} if regions is None else regions
     jit = {"dx": rng.uniform(-2.5, 2.5), "dy": rng.uniform(-2.5, 2.5), "rot": rng.uniform(-3.0, 3.0)}
     geo = _lung_geometry(anat, jit, size)
     s, cx, cy = geo["s"], geo["cx"], geo["cy"]
@@ -175,6 +178,10 @@ def render_image(anat: dict, findings: dict, rng: np.random.Generator, size: int
     D += pleural_line
 
     D = D * (1.0 - heart) + heart * heart_val
+    if cm:
+        regions["cardiomegaly"] = _ellipse(x, y, h_cx, h_cy, h_ax, h_ay, soft=0.05) * (y > cy - 6 * s) > 0.5
+    if "pneumothorax" in findings:
+        regions["pneumothorax"] = ptx_region > 0.5
 
     if "pleural effusion" in findings:
         f = findings["pleural effusion"]
@@ -189,6 +196,7 @@ def render_image(anat: dict, findings: dict, rng: np.random.Generator, size: int
             fluid = _sigmoid((y - level_x) / (1.6 * s)) * _ellipse(
                 x, y, g["cx"], g["cy"], g["ax"] * 1.04, g["ay"] * 1.04, soft=0.05)
             D = D * (1.0 - fluid) + fluid * (heart_val - 0.02)
+            regions["pleural effusion"] = regions.get("pleural effusion", False) | (fluid > 0.5)
 
     # opacities drawn last stay visible even where they project over heart or fluid
     if "consolidation" in findings:
@@ -206,6 +214,7 @@ def render_image(anat: dict, findings: dict, rng: np.random.Generator, size: int
         patch = np.clip(0.75 + 0.5 * _smooth_noise(rng, size, 20), 0.2, 1.4)
         cons = np.clip(cloud * patch, 0, 1.1) * lungs[f["side"]]
         D += cons * 0.28
+        regions["consolidation"] = cons > 0.35
 
     if "nodule" in findings:
         f = findings["nodule"]
@@ -214,6 +223,7 @@ def render_image(anat: dict, findings: dict, rng: np.random.Generator, size: int
         nx = g["cx"] + g["lateral"] * rng.uniform(0.15, 0.45) * g["ax"]
         r = f["radius"] * s
         D += 0.32 * _sigmoid((r - np.hypot(x - nx, y - ny)) / (0.6 * s))
+        regions["nodule"] = np.hypot(x - nx, y - ny) <= r
 
     # --- exposure, noise, quantisation -------------------------------------------
     D = D + 0.025 * _smooth_noise(rng, size, 4) + 0.012 * _smooth_noise(rng, size, 16)
@@ -483,9 +493,10 @@ def build(out: Path, seed: int, n_images: int, size: int, grain: float = 0.0, se
     for rank, p in enumerate(perm):
         split_of[int(p)] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")
 
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "images").glob("[0-9][0-9][0-9][0-9].png"):  # left over from a larger run
-        stale.unlink()
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (out / sub).glob("[0-9][0-9][0-9][0-9].png"):  # left over from a larger run
+            stale.unlink()
     rows = []
     idx = 0
     for p, k in enumerate(counts):
@@ -501,15 +512,21 @@ def build(out: Path, seed: int, n_images: int, size: int, grain: float = 0.0, se
                     others = [f for f in FINDINGS if f != primary and len(blocked_sides(f, findings)) < 2]
                     second = others[int(irng.integers(len(others)))]
                     findings[second] = sample_finding(second, irng, blocked_sides(second, findings))
-            arr = render_image(anat, findings, irng, size=size, grain=grain)
+            regions: dict = {}
+            arr = render_image(anat, findings, irng, size=size, grain=grain, regions=regions)
             rel = f"images/{idx:04d}.png"
             Image.fromarray(arr, mode="L").save(out / rel, optimize=True)
+            # the primary finding's drawn region (empty for no finding): a segmentation target
+            region = regions.get(primary, np.zeros((size, size), bool))
+            mask_rel = f"masks/{idx:04d}.png"
+            Image.fromarray(region.astype(np.uint8) * 255, mode="L").save(out / mask_rel, optimize=True)
             labels = [f for f in FINDINGS if f in findings] or [NO_FINDING]
             row = {
                 "image": rel,
                 "text": make_report(findings, irng),
                 "finding": primary,
                 "labels": "|".join(labels),
+                "mask": mask_rel,
             }
             for f in FINDINGS:
                 row[f.replace(" ", "_")] = int(f in findings)
@@ -517,7 +534,7 @@ def build(out: Path, seed: int, n_images: int, size: int, grain: float = 0.0, se
             rows.append(row)
             idx += 1
 
-    columns = ["image", "text", "finding", "labels"] + [f.replace(" ", "_") for f in FINDINGS] + [
+    columns = ["image", "text", "finding", "labels", "mask"] + [f.replace(" ", "_") for f in FINDINGS] + [
         "patient_id", "sex", "age", "split"]
     with open(out / "pairs.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")

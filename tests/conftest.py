@@ -43,26 +43,22 @@ def tiny_export(tmp_path_factory, tiny_run) -> Path:
     return folder
 
 
-EXAMPLE_RECIPE = {"image_size": 96, "lr": 1e-3, "epochs": 30, "batch_size": 32, "text_view": "report", "seed": 0}
-
-
 @pytest.fixture(scope="session")
 def example_run(tmp_path_factory) -> Path:
-    """`tiny` pretrained on the train split of the bundled examples/data (~1 min on 2 CPU cores).
-
-    The paper's augmentations are on; the text view is the whole report (one random sentence, the paper's
-    default, needs several times more steps to leave the collapsed start on this data: README, 'Example data').
-    """
-    from convirt_cli.torch.train.loop import pretrain
-    from convirt_cli.torchfree.config import PretrainConfig
+    """`convirt pretrain examples/data`: no flags but the data path, through the installed CLI in an empty folder (no
+    convirt.toml, no CONVIRT_* variables): the `tiny` preset's own recipe on the train split (~1.5 min on 2 cores)."""
+    import subprocess
+    import sys
 
     pairs = EXAMPLES / "pairs.csv"
     if not pairs.is_file():
         pytest.fail(f"{pairs} missing: run examples/make_example_data.py")
-    tmp = tmp_path_factory.mktemp("example_run")
-    cfg = PretrainConfig(data=pairs, split_col="split", out=tmp / "run", runs_dir=tmp / "runs", device="cpu",
-                         plot=False, **EXAMPLE_RECIPE)
-    return pretrain(cfg)
+    cwd = tmp_path_factory.mktemp("example_run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVIRT_")}
+    p = subprocess.run([sys.executable, "-m", "convirt_cli", "pretrain", str(EXAMPLES)], cwd=cwd, env=env,
+                       capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return Path((cwd / "runs" / "latest").read_text().strip())
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +81,14 @@ def table_with_absolute_paths(src: Path, dest: Path, keep=lambda r: True, limit:
         w.writeheader()
         w.writerows(rows)
     return dest
+
+
+@pytest.fixture(scope="session")
+def dino_run(tmp_path_factory) -> Path:
+    """`convirt pretrain examples/data --objective dino`: dino-tiny with its own recipe, on the train split."""
+    from convirt_cli.torch.train.loop import pretrain
+    from convirt_cli.torchfree.config import PretrainConfig
+
+    tmp = tmp_path_factory.mktemp("dino_run")
+    return pretrain(PretrainConfig(data=EXAMPLES, objective="dino", out=tmp / "run", runs_dir=tmp / "runs",
+                                   device="cpu", plot=False))

@@ -127,7 +127,8 @@ def test_config_flag_reads_a_recipe_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONVIRT_CONFIG", "convirt.toml")  # the default; the flag's change is undone after the test
     (tmp_path / "convirt.toml").write_text("[pretrain]\nepochs = 3\n")
-    recipe = ROOT / "examples" / "tiny.toml"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[pretrain]\nepochs = 30\nlr = 1e-3\nimage_size = 96\ntext_view = "report"\n')
     res = CliRunner().invoke(app, ["--config", str(recipe), "models"])
     assert res.exit_code == 0, res.output
     c = resolve(PretrainConfig, data="d")

@@ -109,6 +109,6 @@ def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
             self.v = v
 
     rep = Keep()
-    train, val = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
+    train, val, _, _ = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
     assert rep.v.found == 8 and len(rep.v.usable) == 7 == len(train) + len(val)
     assert [(row.source, why) for row, why in rep.v.skipped] == [("t.csv:8", "duplicate pair (of t.csv:2)")]

@@ -63,7 +63,8 @@ run()
 
 
 def run_blocked(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    code = BLOCKER.format(heavy=set(HEAVY), args=[str(a) for a in args])
+    # pydicom too: serving a PNG index must not pay for DICOM support (it is imported when a DICOM is met)
+    code = BLOCKER.format(heavy={*HEAVY, "pydicom", "pylibjpeg"}, args=[str(a) for a in args])
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, check=False,
                           input=stdin, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)})
 

@@ -40,7 +40,7 @@ def test_paper_preset_is_the_paper():
     assert c.text.freeze_embeddings and c.image.image_size == 224
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [m for m in list_models() if get_model_config(m).text is not None])
 def test_every_preset_builds_and_encodes(name, tiny_bert_dir):
     cfg = get_model_config(name)
     text_weights = None
@@ -62,6 +62,23 @@ def test_every_preset_builds_and_encodes(name, tiny_bert_dir):
     assert all(not p.requires_grad for p in text.embeddings.parameters()) == cfg.text.freeze_embeddings
     for i, layer in enumerate(text.encoder.layer):
         assert all(p.requires_grad == (i >= cfg.text.freeze_layers) for p in layer.parameters())
+
+
+@pytest.mark.parametrize("name", [m for m in list_models() if get_model_config(m).text is None])
+def test_every_image_only_preset_builds_and_encodes(name):
+    """dino-tiny and raddino-vitb14 (narrowed, built from its config): unit-norm image embeddings, no text tower."""
+    cfg = get_model_config(name)
+    assert cfg.dino is not None and cfg.projection is None
+    if cfg.image.source == "hf":
+        cfg = with_overrides(cfg, **{"image.hf_config": {**cfg.image.hf_config, "hidden_size": 32, "num_hidden_layers": 2,
+                                                          "num_attention_heads": 2, "image_size": 56},
+                                     "image.image_size": 56})
+    model = create_model(cfg).eval()
+    size = cfg.image.image_size
+    with torch.no_grad():
+        v = model.encode_image(torch.randn(2, 3, size, size))
+    assert v.shape == (2, model.dim) and torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert not model.has_text
 
 
 def test_unknown_preset_is_one_clear_error():

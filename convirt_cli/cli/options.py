@@ -26,6 +26,9 @@ Seed = Annotated[int | None, typer.Option(help="Random seed (data order, augment
 NumWorkers = Annotated[int | None, typer.Option(help="DataLoader worker processes.")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
 ImageSize = Annotated[int | None, typer.Option(help="Square input size in pixels (default: the preset's).")]
+Window = Annotated[str | None, typer.Option(
+    help="High-bit-depth grey levels (DICOM, 16-bit PNG/TIFF) to 8 bits: auto (the file's window, else the "
+         "0.5-99.5 percentiles) | minmax | percentile:LO,HI | fixed:C,W. Kept by the run and its export.")]
 RunsDir = Annotated[Path | None, typer.Option(help="Where runs live (default runs/).")]
 ServeModel = Annotated[str | None, typer.Option("--model", "-m", help="Run directory or ONNX export folder (default: the latest run).")]
 Backend = Annotated[str | None, typer.Option(help="auto (ONNX when an export matches, else torch) | onnx | torch")]

@@ -20,7 +20,7 @@ def encode_texts(model: ConVIRT, texts: Sequence[str], batch_size: int = 128,
         tok = model.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
                               max_length=model.cfg.text.max_length, return_tensors="pt")
         out.append(model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.projection.dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
 
 
 class TorchEncoder:
@@ -43,7 +43,8 @@ class TorchEncoder:
         self.device_used = self.device.type
         self.model = load_model(self.path).eval().to(self.device)
         self.pre = preprocess_spec(self.model)
-        self.dim = self.model.cfg.projection.dim
+        self.dim = self.model.dim
+        self.has_text = self.model.has_text
         self.fingerprint = weights_fingerprint(self.path)
 
     @torch.no_grad()
@@ -58,5 +59,7 @@ class TorchEncoder:
     def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
         from convirt_cli.torchfree.serve.encoder import encode_text_batches
 
+        if texts and not self.model.has_text:
+            self.model.encode_text(None, None)  # the one-line refusal (ConvirtError)
         return encode_text_batches(texts, lambda chunk: encode_texts(self.model, chunk, batch_size, self.device),
                                         self.dim, batch_size, on_progress)

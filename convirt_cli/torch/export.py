@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convirt_cli.torch.classifier import ImageClassifier, load_classifier, scores_from_logits
-from convirt_cli.torch.model import ConVIRT, load_model
+from convirt_cli.torch.model import ConVIRT, ImageModel, load_model
 from convirt_cli.torch.packed import PackedText, packable
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import read_json, staged_dir, weights_fingerprint, write_json
@@ -75,11 +75,13 @@ def image_preprocess(im) -> dict:
     """How a file becomes the pixels input of an image graph, for image tower config `im`."""
     return {"image_size": im.image_size, "resize": "shorter side to image_size, bilinear", "crop": "center",
             "color": "grayscale, replicated to channels", "scale": 1 / 255, "mean": im.mean[:im.in_chans],
-            "std": im.std[:im.in_chans], "channels": im.in_chans}
+            "std": im.std[:im.in_chans], "channels": im.in_chans, "window": im.window}
 
 
-def preprocess_spec(model: ConVIRT) -> dict:
+def preprocess_spec(model: ConVIRT | ImageModel) -> dict:
     """Everything the torch-free path needs to turn a file or a string into graph inputs."""
+    if not model.has_text:
+        return image_preprocess(model.cfg.image)
     tx, tok = model.cfg.text, model.tokenizer
     return image_preprocess(model.cfg.image) | {"max_length": tx.max_length,
             "padding": "longest", "truncation": True, "pad_id": tok.pad_token_id, "pad_token": tok.pad_token}
@@ -94,14 +96,16 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], o
                           opset_version=opset, external_data=False, verbose=False, **how)
 
 
-def export_graphs(model: ConVIRT, out: Path, opset: int) -> str:
-    """Write out/image.onnx and out/text.onnx (fp32); returns how the text graph was made."""
+def export_graphs(model: ConVIRT | ImageModel, out: Path, opset: int) -> str | None:
+    """Write out/image.onnx and, for a model with text, out/text.onnx (fp32); returns how the text graph was made."""
     model.eval()  # a wrapper left in train mode would export dropout
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    seq = torch.export.Dim("seq", min=2, max=model.cfg.text.max_length)
     size, chans = model.cfg.image.image_size, model.cfg.image.in_chans
     _onnx_export(ImageEncoder(model).eval(), (torch.randn(2, chans, size, size),), out / "image.onnx", ["pixels"],
                  opset, dynamo=True, dynamic_shapes={"pixels": {0: batch}})
+    if not model.has_text:
+        return None
+    seq = torch.export.Dim("seq", min=2, max=model.cfg.text.max_length)
     tok = model.tokenizer(["chest x-ray", "no acute cardiopulmonary process seen today"], padding=True,
                           return_tensors="pt")
     args = (tok["input_ids"], tok["attention_mask"])
@@ -221,6 +225,8 @@ def parity_inputs(model: ConVIRT, seed: int = 0, n: int = 48) -> tuple[np.ndarra
     """Random images (random_pixels) and texts of 1 word up to past max_length."""
     rng = np.random.default_rng(seed)
     pixels = random_pixels(model.cfg.image, rng, n)
+    if not model.has_text:
+        return pixels, []
     words = _words(model)
     lengths = [1, 3, model.cfg.text.max_length + 20] + list(rng.integers(2, 40, n - 3))
     texts = [" ".join(rng.choice(words, size=int(k))) for k in lengths]
@@ -239,26 +245,30 @@ def topk_overlap(ref: np.ndarray, test: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
 
 
-def check_parity(model: ConVIRT, folder: Path, variant: Variant, seed: int = 0) -> dict:
+def check_parity(model: ConVIRT | ImageModel, folder: Path, variant: Variant, seed: int = 0) -> dict:
     """Run the exported graphs on fresh inputs (other batch sizes and lengths than the export sample, texts
     tokenised by the fast path) and compare with torch; raise ConvirtError with the numbers if off."""
     from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     pixels, texts = parity_inputs(model, seed)
     enc = OnnxEncoder(folder, device="cpu")
-    fast_tok = enc.tokenize(texts[:5])
-    ref_tok = model.tokenizer(texts[:5], padding=True, truncation=True, max_length=model.cfg.text.max_length)
-    if fast_tok["input_ids"].tolist() != ref_tok["input_ids"]:
-        raise ConvirtError("export parity: the exported tokenizer.json tokenises differently from the torch tower")
     with torch.no_grad():
         ref_img = model.encode_image(torch.from_numpy(pixels)).numpy()
-        tok = model.tokenizer(texts, padding=True, truncation=True, max_length=model.cfg.text.max_length,
-                              return_tensors="pt")
-        ref_txt = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
     got_img = np.concatenate([enc.image_forward(pixels[i:i + 5]) for i in range(0, len(pixels), 5)])
-    got_txt = enc.encode_texts(texts, batch_size=5, by_length=False)  # padded batches of mixed lengths
+    checks = [("image", ref_img, got_img, variant.image)]
+    if model.has_text:
+        fast_tok = enc.tokenize(texts[:5])
+        ref_tok = model.tokenizer(texts[:5], padding=True, truncation=True, max_length=model.cfg.text.max_length)
+        if fast_tok["input_ids"].tolist() != ref_tok["input_ids"]:
+            raise ConvirtError("export parity: the exported tokenizer.json tokenises differently from the torch tower")
+        with torch.no_grad():
+            tok = model.tokenizer(texts, padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                                  return_tensors="pt")
+            ref_txt = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
+        got_txt = enc.encode_texts(texts, batch_size=5, by_length=False)  # padded batches of mixed lengths
+        checks.append(("text", ref_txt, got_txt, variant.text))
     report, failures = {}, []
-    for name, ref, got, prec in (("image", ref_img, got_img, variant.image), ("text", ref_txt, got_txt, variant.text)):
+    for name, ref, got, prec in checks:
         r = {"precision": prec, "max_abs_diff": float(np.abs(ref - got).max()), "min_cosine": float(_cos(ref, got).min()),
              "top10_overlap": topk_overlap(ref, got)}
         report[name] = r
@@ -273,7 +283,7 @@ def check_parity(model: ConVIRT, folder: Path, variant: Variant, seed: int = 0) 
                             f"top-10 overlap {r['top10_overlap']:.3f}; want {want}")
     if failures:
         raise ConvirtError("export parity check failed, nothing written: " + "; ".join(failures))
-    return report | {"images": len(pixels), "texts": len(texts)}
+    return report | {"images": len(pixels), "texts": len(texts) if model.has_text else 0}
 
 
 def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_text: bool = False, opset: int = 18,
@@ -285,31 +295,36 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
     variant = Variant(fp16=fp16, int8_text=int8_text)
     stage("loading the run")
     model = load_model(run).eval()
+    if int8_text and not model.has_text:
+        raise ConvirtError(f"{run} is image-only (no text tower); drop --int8-text")
+    towers = ["image", "text"] if model.has_text else ["image"]
     int8 = None
     with staged_dir(out) as tmp:
-        stage("exporting image.onnx and text.onnx")
+        stage(f"exporting {' and '.join(t + '.onnx' for t in towers)}")
         text_graph = export_graphs(model, tmp, opset)
         if fp16:
             stage("converting to fp16")
             to_fp16(tmp / "image.onnx")
-            if not int8_text:
+            if model.has_text and not int8_text:
                 to_fp16(tmp / "text.onnx")
         if int8_text:
             stage("quantising the text tower to int8")
             int8 = quantize_text(model, tmp / "text.onnx", calibration_texts(model, run))
-        for graph in ("image.onnx", "text.onnx"):
-            external_weights(tmp / graph)
-        model.tokenizer.save_pretrained(tmp)
-        for extra in ("special_tokens_map.json", "vocab.txt"):
-            (tmp / extra).unlink(missing_ok=True)  # tokenizer.json is the one file the fast path reads
+        for graph in towers:
+            external_weights(tmp / f"{graph}.onnx")
+        if model.has_text:
+            model.tokenizer.save_pretrained(tmp)
+            for extra in ("special_tokens_map.json", "vocab.txt"):
+                (tmp / extra).unlink(missing_ok=True)  # tokenizer.json is the one file the fast path reads
         pre = preprocess_spec(model)
         write_json(tmp / "preprocess.json", pre)
         fingerprint = weights_fingerprint(run)
         manifest = {"format": 1, "preset": model.cfg.name, "source_run": str(run.resolve()),
-                    "fingerprint": fingerprint, "dim": model.cfg.projection.dim, "opset": opset,
-                    "precision": {"image": variant.image, "text": variant.text}, "text_graph": text_graph,
-                    "inputs": {"image": "pixels float32 [batch, C, S, S]",
-                               "text": "input_ids, attention_mask int64 [batch, seq]"},
+                    "fingerprint": fingerprint, "dim": model.dim, "opset": opset, "towers": towers,
+                    "precision": {"image": variant.image} | ({"text": variant.text} if model.has_text else {}),
+                    "text_graph": text_graph,
+                    "inputs": {"image": "pixels float32 [batch, C, S, S]"} | (
+                        {"text": "input_ids, attention_mask int64 [batch, seq]"} if model.has_text else {}),
                     "output": "embeds float32 [batch, dim], L2-normalised",
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
                     "warnings": run_warnings(run)}

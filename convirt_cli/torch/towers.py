@@ -27,6 +27,23 @@ def _offline_error(what: str, name: str, flag: str, err: Exception) -> ConvirtEr
     )
 
 
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    """Recompute activations in the backward pass instead of storing them (timm's and transformers' own switches)."""
+    if hasattr(model, "set_grad_checkpointing"):  # timm
+        model.set_grad_checkpointing(enable)
+    elif hasattr(model, "gradient_checkpointing_enable"):  # transformers (activation_* in the newest releases)
+        if enable and hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif enable:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+    else:
+        from convirt_cli.torchfree.errors import ConvirtError
+
+        raise ConvirtError(f"--grad-checkpointing: {type(model).__name__} has no gradient checkpointing switch")
+
+
 class ImageTower(nn.Module):
     """images [B, C, H, W] -> features [B, F] (timm global pool, or the ViT CLS token)."""
 
@@ -71,6 +88,22 @@ class ImageTower(nn.Module):
         if self.cfg.source == "timm":
             return self.model(images)
         return self.model(pixel_values=images).pooler_output
+
+    def dense(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-level features [B, D, h, w]: a ViT's patch tokens on their grid, or a CNN's last feature map (what
+        RAD-DINO's segmentation probe reads)."""
+        m = self.model
+        if self.cfg.source == "timm":
+            x = m.forward_features(images)
+            if x.ndim == 4:  # a CNN: [B, C, h, w] already
+                return x
+            patches = x[:, getattr(m, "num_prefix_tokens", 1):]
+        else:
+            out = m(pixel_values=images).last_hidden_state
+            patches = out[:, 1 + int(getattr(m.config, "num_register_tokens", 0) or 0):]
+        side = round(patches.shape[1] ** 0.5)
+        h, w = side, patches.shape[1] // side
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
 
     def save(self, path: Path) -> None:
         """timm form (config.json + model.safetensors, loads with `local-dir:`) or HF save_pretrained."""

@@ -28,6 +28,13 @@ def _comma_list(value: Any) -> Any:
     return value
 
 
+def check_window(value: str) -> str:
+    from convirt_cli.torchfree.window import parse_window
+
+    parse_window(value)
+    return value.strip()
+
+
 def check_name(value: str | None) -> str | None:
     """A run / output name is one folder name inside its parent: never a path that leaves it."""
     if value is None:
@@ -82,10 +89,13 @@ class PretrainConfig(DataSettings):
     section: ClassVar[str] = "pretrain"
 
     data: Path | None = None  # required, except with --resume (the run's own config.json names it)
-    model: str = "tiny"
+    # convirt: image-report pairs; dino: RAD-DINO's DINOv2 on images alone; simclr: the image-only baseline
+    objective: Literal["convirt", "dino", "simclr"] = "convirt"
+    model: str = "tiny"  # --objective dino without --model: dino-tiny
     pretrained: bool = False
     image_weights: Path | None = None
     text_weights: Path | None = None
+    image_init: Path | None = None  # start the image tower from another run's (e.g. a DINO run, then ConVIRT)
     text_col: str = "text"
     # sentence: the paper's one random sentence per step; report: the whole text; span: a random run of
     # consecutive sentences covering at least half of the report (between the two)
@@ -103,17 +113,30 @@ class PretrainConfig(DataSettings):
     warmup_steps: NonNegative | None = None  # None: 5% of the run
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     image_size: ImageSize | None = None  # None: the preset's
+    # high-bit-depth grey levels -> 8 bits: auto | minmax | percentile:LO,HI | fixed:C,W (None: the preset's);
+    # carried by the run and its export
+    window: str | None = None
     tau: Annotated[float, Field(gt=0, le=10)] | None = None
     lam: Annotated[float, Field(ge=0, le=1)] | None = None
     checkpoint_every: NonNegative = 0  # steps; 0: at the end of every epoch
     plot: bool = True
+    # scale: a contrastive batch of accum_steps x batch_size rows (GradCache), activation recomputation, precision
+    accum_steps: Positive = 1
+    grad_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool = False
+    compile: bool = False
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
 
 
 # what a preset's `train` section may set: the recipe, not the data or where things go
-RECIPE_KEYS = ("text_view", "epochs", "min_steps", "max_steps", "batch_size", "lr", "weight_decay", "schedule",
-               "warmup_steps", "grad_clip", "image_size", "tau", "lam")
+RECIPE_KEYS = ("objective", "text_view", "epochs", "min_steps", "max_steps", "batch_size", "lr", "weight_decay", "schedule",
+               "warmup_steps", "grad_clip", "image_size", "window", "tau", "lam")
+
+
+IMAGE_ONLY = ("dino", "simclr")
 
 
 def apply_recipe(cfg: PretrainConfig, recipe: dict[str, Any], source: str) -> PretrainConfig:
@@ -147,7 +170,8 @@ class FinetuneConfig(DataSettings):
     model: str = "tiny"  # the preset `random` (and a preset init) builds
     pretrained: bool = False  # preset inits: hub weights (e.g. ImageNet); `random` never
     labels: list[str] = []
-    task: Literal["auto", "multilabel", "multiclass", "regression"] = "auto"
+    task: Literal["auto", "multilabel", "multiclass", "regression", "segmentation"] = "auto"
+    mask_col: str = "mask"  # segmentation: column of binary mask images (relative to the table, like images)
     missing: list[str] = []  # extra values meaning "no label", e.g. -1 (uncertain)
     mode: Literal["linear", "full"] = "linear"
     label_fraction: list[float] = [1.0]
@@ -158,6 +182,7 @@ class FinetuneConfig(DataSettings):
     batch_size: Positive = 32
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-4
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    window: str = "auto"  # high-bit-depth grey levels -> 8 bits (see convirt pretrain --window)
     image_size: ImageSize | None = None  # None: the init's
     metric: str | None = None  # table/plot/early-stopping metric; None: macro_auc | auc | r2
     bootstrap: NonNegative = 1000  # resamples for the test 95% intervals (0: none)
@@ -169,6 +194,7 @@ class FinetuneConfig(DataSettings):
     _split = field_validator("init", "labels", "missing", "label_fraction", mode="before")(
         classmethod(lambda cls, v: _comma_list(v)))
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
 
     @field_validator("label_fraction")
     @classmethod
@@ -220,6 +246,19 @@ class EmbedConfig(ServeSettings):
     append: bool = False
     image_col: str = "image"
     text_col: str = "text"
+    # one of N contiguous parts of INPUT (a job array, several GPUs or machines); `index merge` joins them
+    num_shards: Positive = 1
+    shard_index: NonNegative = 0
+
+    @model_validator(mode="after")
+    def _shard(self) -> EmbedConfig:
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"--shard-index {self.shard_index} is not one of 0..{self.num_shards - 1} "
+                             f"(--num-shards {self.num_shards})")
+        if self.num_shards > 1 and self.append:
+            raise ValueError("--append with --num-shards: embed each part into its own --out, then `convirt index "
+                             "merge`")
+        return self
 
 
 class RetrieveConfig(ServeSettings):
@@ -246,6 +285,13 @@ class IndexBuildConfig(Config):
     ef_search: Positive = 128
     nprobe: Positive = 16
     runs_dir: Path = Path("runs")
+
+
+class IndexMergeConfig(Config):
+    section: ClassVar[str] = "index"
+
+    parts: list[Path]
+    out: Path
 
 
 class ZeroShotSettings(ServeSettings):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from convirt_cli.torchfree.config import RECIPE_KEYS
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.window import parse_window
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 RUN_MODEL_FILE = "model.json"
@@ -32,6 +33,14 @@ class ImageTowerConfig(_Strict):
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
     in_chans: int = 3
+    # how high-bit-depth grey levels (DICOM, 16-bit PNG/TIFF) become 8-bit input: see torchfree/window.py
+    window: str = "auto"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parse_window(v)
+        return v.strip()
 
 
 class TextTowerConfig(_Strict):
@@ -55,13 +64,46 @@ class LossConfig(_Strict):
     lam: float = 0.75
 
 
+class DinoConfig(_Strict):
+    """DINOv2's self-distillation recipe (its defaults unless a preset says otherwise; Oquab et al. 2023, as RAD-DINO
+    continued it). Fractions of the run replace DINOv2's epoch counts, so a short run keeps the same shape."""
+
+    prototypes: int = 65536
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    head_layers: int = 3
+    ibot_separate_head: bool = False
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0  # 0: no iBOT (then any image tower works, a CNN included)
+    koleo_weight: float = 0.1
+    centering: Literal["sinkhorn", "center"] = "sinkhorn"  # DINOv2 | DINO's running centre
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    teacher_temp_warmup: float = 0.3  # fraction of the run (DINOv2: 30 of 100 epochs)
+    momentum_start: float = 0.992
+    momentum_end: float = 1.0
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_probability: float = 0.5
+    layer_decay: float = 0.9
+    patch_embed_lr_mult: float = 0.2
+    weight_decay_end: float = 0.4  # cosine from --weight-decay to this
+    freeze_last_layer_epochs: int = 1
+
+
 class ModelConfig(_Strict):
     name: str = ""
     description: str = ""
     image: ImageTowerConfig
-    text: TextTowerConfig
-    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    text: TextTowerConfig | None = None  # None: an image-only model (DINO, SimCLR runs)
+    projection: ProjectionConfig | None = Field(default_factory=ProjectionConfig)  # ConVIRT's heads; None: none
     loss: LossConfig = Field(default_factory=LossConfig)
+    dino: DinoConfig | None = None  # --objective dino settings (None: DINOv2's defaults)
     # the recipe that makes this preset learn (lr, text view, steps...): ranks above pretrain's built-in
     # defaults and below convirt.toml, CONVIRT_* and flags (config.apply_recipe)
     train: dict[str, Any] = Field(default_factory=dict)

@@ -17,6 +17,8 @@ def embed(
     backend: o.Backend = None,
     kind: Annotated[str | None, typer.Option(help="image | text (default: guessed; tables: image).")] = None,
     append: Annotated[bool | None, typer.Option("--append", help="Add to the index in --out (same model, same kind).")] = None,
+    num_shards: Annotated[int | None, typer.Option(help="Split INPUT into N contiguous parts and embed one (--shard-index); join the parts with `convirt index merge`.")] = None,
+    shard_index: Annotated[int | None, typer.Option(help="Which part to embed, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID).")] = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
     batch_size: o.BatchSize = None,
@@ -34,14 +36,18 @@ def embed(
     from convirt_cli.torchfree.serve.backends import open_encoder
     from convirt_cli.torchfree.serve.index import set_latest_index
     from convirt_cli.torchfree.serve.inputs import read_inputs
-    from convirt_cli.torchfree.serve.pipeline import embed_items
+    from convirt_cli.torchfree.serve.pipeline import embed_items, part_bounds
 
     cfg = resolve(EmbedConfig, **flags)
     console = Console(stderr=True)
     kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
-    with progress_bar(f"embed {kind_}s ({encoder.backend})", len(items), kind_ + "s") as advance:
-        meta = embed_items(encoder, kind_, items, cfg.out, cfg.append, cfg.batch_size, advance)
+    lo, hi = part_bounds(len(items), cfg.num_shards, cfg.shard_index)
+    title = f"embed {kind_}s ({encoder.backend})" + (f", part {cfg.shard_index} of {cfg.num_shards}"
+                                                      if cfg.num_shards > 1 else "")
+    with progress_bar(title, hi - lo, kind_ + "s") as advance:
+        meta = embed_items(encoder, kind_, items, cfg.out, cfg.append, cfg.batch_size, advance,
+                           (cfg.shard_index, cfg.num_shards))
     set_latest_index(cfg.runs_dir, cfg.out)
     skipped = meta["skipped_now"]
     for s in skipped[:10]:

@@ -52,7 +52,7 @@ def export(
         folder, manifest = export_onnx(run_dir, cfg.out, fp16=cfg.fp16, int8_text=cfg.int8_text, opset=cfg.opset,
                                        seed=cfg.seed, on_stage=lambda s: status.update(s))
     p = manifest["parity"]
-    for name in ("image", "text"):
+    for name in manifest.get("towers", ["image", "text"]):
         r = p[name]
         console.print(f"parity {name} ({r['precision']}): max|diff| {r['max_abs_diff']:.2g}, "
                       f"min cosine {r['min_cosine']:.6f}, top-10 overlap {r['top10_overlap']:.3f}")

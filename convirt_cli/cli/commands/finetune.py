@@ -85,7 +85,8 @@ def finetune(
     pretrained: o.Pretrained = None,
     label: Annotated[str | None, typer.Option(help="One label column: class names (multiclass), `|`-separated names (multilabel), or a number with --task regression.")] = None,
     labels: Annotated[str | None, typer.Option(help="Several 0/1 label columns, comma-separated (multilabel).")] = None,
-    task: Annotated[str | None, typer.Option(help="auto | multilabel | multiclass | regression.")] = None,
+    task: Annotated[str | None, typer.Option(help="auto | multilabel | multiclass | regression | segmentation (a linear head on frozen patch features; needs --mask-col).")] = None,
+    mask_col: Annotated[str | None, typer.Option(help="segmentation: column of binary mask images (paths relative to the table).")] = None,
     missing: Annotated[str | None, typer.Option(help="Extra values meaning 'no label', comma-separated (e.g. -1 for uncertain, todo). Blank/NaN always are.")] = None,
     mode: Annotated[str | None, typer.Option(help="linear (frozen tower, cached features, logistic head) | full (whole tower, paper's augmentations).")] = None,
     label_fraction: Annotated[str | None, typer.Option(help="Comma list of training-label fractions, e.g. 0.01,0.1,1.0.")] = None,
@@ -96,6 +97,7 @@ def finetune(
     lr: o.Lr = None,
     weight_decay: Annotated[float | None, typer.Option(help="full: AdamW weight decay.")] = None,
     image_size: o.ImageSize = None,
+    window: o.Window = None,
     metric: Annotated[str | None, typer.Option(help="Table/plot/early-stopping metric (default macro_auc | auc | r2).")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples for the test 95% intervals (0: off).")] = None,
     out: o.Out = None,
@@ -111,6 +113,7 @@ def finetune(
     val_fraction: o.ValFraction = None,
     test_fraction: Annotated[float | None, typer.Option(help="Fraction of patients held out for test (without --split-col).")] = None,
     strict: o.Strict = None,
+    encoding: o.Encoding = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Linear probe or fine-tune image towers over label fractions and seeds; print the data-efficiency table."""

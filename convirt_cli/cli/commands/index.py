@@ -38,3 +38,22 @@ def build(
     print(json.dumps(info))
     print(f"faiss {cfg.kind} index of {info['count']} items in {idx.path}: recall@10 vs exact "
           f"{info['recall_at_10']:.3f}", file=sys.stderr)
+
+
+@app.command("merge", no_args_is_help=True)
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Index folders written by `convirt embed --num-shards N --shard-index I`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")],
+) -> None:
+    """Join the parts of a sharded embed into one index: ids and input order kept, model fingerprints must agree."""
+    flags = dict(locals())
+    import sys
+
+    from convirt_cli.cli.settings import resolve
+    from convirt_cli.torchfree.config import IndexMergeConfig
+    from convirt_cli.torchfree.serve.index import merge_indexes
+
+    cfg = resolve(IndexMergeConfig, **flags)
+    meta = merge_indexes(cfg.parts, cfg.out)
+    print(f"merged {len(cfg.parts)} parts: {meta['count']} x {meta['dim']} {meta['kind']} embeddings -> {cfg.out}",
+          file=sys.stderr)

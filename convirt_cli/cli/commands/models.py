@@ -11,14 +11,17 @@ def models() -> None:
     from convirt_cli.torchfree.registry import get_model_config, list_models
 
     table = Table(title="convirt model presets")
-    for col in ("name", "image tower", "text tower", "pool", "frozen", "d", "px", "tau", "lam"):
+    for col in ("name", "image tower", "text tower", "pool", "frozen", "d", "px", "tau", "lam", "recipe (pretrain)"):
         table.add_column(col)
     for name in list_models():
         c = get_model_config(name)
-        frozen = ("emb+" if c.text.freeze_embeddings else "") + f"{c.text.freeze_layers}L"
-        table.add_row(name, f"{c.image.source}:{c.image.name}", f"{c.text.source}:{c.text.name}", c.text.pooling,
-                      frozen, str(c.projection.dim), str(c.image.image_size), str(c.loss.tau), str(c.loss.lam))
+        frozen = ("emb+" if c.text.freeze_embeddings else "") + f"{c.text.freeze_layers}L" if c.text else "-"
+        recipe = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in c.train.items()) or "defaults"
+        table.add_row(name, f"{c.image.source}:{c.image.name}", f"{c.text.source}:{c.text.name}" if c.text else "-",
+                      c.text.pooling if c.text else "-", frozen, str(c.projection.dim) if c.projection else "CLS",
+                      str(c.train.get("image_size", c.image.image_size)),
+                      str(c.loss.tau), str(c.loss.lam), recipe)
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console.width = 160
+        console.width = 200
     console.print(table)

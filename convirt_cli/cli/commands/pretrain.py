@@ -21,8 +21,9 @@ class RichReporter:
 
     def data_summary(self, v, splits):
         reasons = ", ".join(f"{n} {r}" for r, n in v.reasons().most_common()) or "none"
-        self.console.print(f"[bold]pairs[/] found {v.found}, usable {len(v.usable)}, skipped {len(v.skipped)} "
-                           f"({reasons}); split train {splits['train']} / val {splits['val']}"
+        what = "pairs" if splits.get("text", True) else "images"
+        self.console.print(f"[bold]{what}[/] found {v.found}, usable {len(v.usable)}, skipped {len(v.skipped)} "
+                           f"({reasons}); split {splits.get('by', '')}: train {splits['train']} / val {splits['val']}"
                            + (f" / test {splits['test']} (unused)" if splits["test"] else ""))
         for row, reason in v.skipped[:5]:
             self.console.print(f"  [yellow]skip[/] {row.source}: {reason} ({row.image.name})")
@@ -66,10 +67,12 @@ class RichReporter:
 
 def pretrain(
     data: Annotated[Path | None, typer.Argument(help="Folder with pairs.csv / pairs.jsonl, such a file, or a folder of images with .txt reports (not needed with --resume).")] = None,
+    objective: Annotated[str | None, typer.Option(help="convirt (images + reports) | dino (RAD-DINO: DINOv2 on images alone; default model dino-tiny) | simclr (image-only baseline).")] = None,
     model: o.Model = None,
     pretrained: o.Pretrained = None,
     image_weights: o.ImageWeights = None,
     text_weights: o.TextWeights = None,
+    image_init: Annotated[Path | None, typer.Option(help="Start the image tower from this run's (e.g. a DINO run, then ConVIRT on reports).")] = None,
     out: o.Out = None,
     name: Annotated[str | None, typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its newest readable checkpoint, with its own settings.")] = None,
@@ -83,6 +86,7 @@ def pretrain(
     warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps (default 5% of the run).")] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm (0: off).")] = None,
     image_size: o.ImageSize = None,
+    window: o.Window = None,
     tau: Annotated[float | None, typer.Option(help="Temperature (default: the preset's, 0.1).")] = None,
     lam: Annotated[float | None, typer.Option(help="Weight of the image->text loss (default 0.75).")] = None,
     seed: o.Seed = None,
@@ -97,9 +101,14 @@ def pretrain(
     strict: o.Strict = None,
     encoding: o.Encoding = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: each epoch).")] = None,
+    accum_steps: Annotated[int | None, typer.Option(help="Contrastive batch of K x --batch-size pairs on the memory of one (GradCache: same loss and gradients as the whole batch at once).")] = None,
+    grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations in the backward pass: less memory, ~30% more compute.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with loss scaling).")] = None,
+    channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout for CNN towers (faster convolutions on GPUs).")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the trained module (slow first steps, faster later ones).")] = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
-    """Pretrain ConVIRT (bidirectional image-text InfoNCE) and leave a run directory for later commands.
+    """Pretrain an image encoder: ConVIRT on image-report pairs (default), RAD-DINO's DINOv2 or SimCLR on images.
 
     Unset settings come from convirt.toml, CONVIRT_* variables, then the preset's own recipe (`convirt models`).
     Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes it."""

@@ -21,8 +21,8 @@ from convirt_cli.torchfree.imageio import load_gray
 
 class PairDataset(Dataset):
     def __init__(self, rows: list[Row], image_size: int, text_view: str = "report", seed: int = 0,
-                 with_text: bool = True, cache_bytes: int = 1 << 30):
-        self.rows, self.size, self.seed = rows, image_size, seed
+                 with_text: bool = True, cache_bytes: int = 1 << 30, window: str = "auto"):
+        self.rows, self.size, self.seed, self.window = rows, image_size, seed, window
         self.text_view, self.with_text = text_view, with_text
         self.epoch = 0
         # decoded images are small (uint8, one channel): keep them when they fit, so epochs 2+ skip PNG decode
@@ -38,7 +38,7 @@ class PairDataset(Dataset):
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         try:
-            arr = load_gray(self.rows[i].image, self.size)
+            arr = load_gray(self.rows[i].image, self.size, self.window)
         except Exception:  # noqa: BLE001 - any decoder failure means: skip and count this file
             return None
         if self.cache is not None:

@@ -28,6 +28,10 @@ class AugmentParams:
     contrast: tuple[float, float] = (0.6, 1.4)
     blur_sigma: tuple[float, float] = (0.1, 3.0)
     blur_ref_size: int = 224
+    # DINOv2's per-view probabilities (ConVIRT applies every transform: 1, 1, 0)
+    jitter_p: float = 1.0
+    blur_p: float = 1.0
+    solarize_p: float = 0.0
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -82,20 +86,36 @@ def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, c, hgt, wid)
 
 
-def augment(images: torch.Tensor, g: torch.Generator, p: AugmentParams = AugmentParams()) -> torch.Tensor:
-    """uint8 [B, 1, S, S] -> augmented float [B, 1, S, S] in [0, 1] (same device as input)."""
+def _chance(n: int, p: float, g: torch.Generator) -> torch.Tensor | None:
+    """Which of n images get a transform applied with probability p (None: all of them, no random draw)."""
+    return None if p >= 1 else torch.rand(n, generator=g) < p
+
+
+def augment(images: torch.Tensor, g: torch.Generator, p: AugmentParams = AugmentParams(),
+            out_size: int | None = None) -> torch.Tensor:
+    """uint8 [B, 1, S, S] -> augmented float [B, 1, out, out] in [0, 1] (same device as input; out = S unless given:
+    multi-crop views are resampled to their own size by the same crop)."""
     x = images.float() / 255.0
-    n, size = x.shape[0], x.shape[-1]
+    n, size = x.shape[0], out_size or x.shape[-1]
     theta = geometry_matrices(n, p, g).to(x.device)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     bright = _uniform(n, *p.brightness, g).to(x).view(n, 1, 1, 1)
     contrast = _uniform(n, *p.contrast, g).to(x).view(n, 1, 1, 1)
+    if (jitter := _chance(n, p.jitter_p, g)) is not None:  # the others keep factor 1
+        keep = ~jitter.to(x.device).view(n, 1, 1, 1)
+        bright, contrast = bright.masked_fill(keep, 1.0), contrast.masked_fill(keep, 1.0)
     x = (x * bright).clamp(0, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean).clamp(0, 1)
     sigma = _uniform(n, *p.blur_sigma, g) * (size / p.blur_ref_size)
-    return blur(x, sigma.clamp_min(1e-3))
+    if (blurred := _chance(n, p.blur_p, g)) is not None:
+        sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
+    x = blur(x, sigma.clamp_min(1e-3)) if bool((sigma > 0).any()) else x
+    if p.solarize_p > 0:  # grey-level solarisation: invert the bright half
+        sol = (torch.rand(n, generator=g) < p.solarize_p).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(sol & (x >= 0.5), 1.0 - x, x)
+    return x
 
 
 def to_model_input(x: torch.Tensor, mean: list[float], std: list[float], channels: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ from convirt_cli.torch.model import ConVIRT, save_model
 from convirt_cli.torch.train import guard
 from convirt_cli.torch.train.device import autocast
 from convirt_cli.torch.train.distributed import Dist, all_reduce_mean, gather_with_grad
+from convirt_cli.torch.train.gradcache import cached_backward, split
 from convirt_cli.torchfree.config import PretrainConfig
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.evaluate.retrieval import pair_recall_at_k
@@ -36,9 +37,15 @@ class ConVIRTObjective:
         self.collate = Collate(model.tokenizer, model.cfg.text.max_length)
         self.batch_size = cfg.batch_size * dist.world
 
+    @property
+    def guard_batch(self) -> int:
+        """The collapsed start of InfoNCE is ln(this): the candidates each row is ranked against."""
+        return self.batch_size
+
     def dataset(self, rows: list[Row], train: bool, seed: int) -> PairDataset:
         view = self.cfg.text_view if train else "report"
-        return PairDataset(rows, self.model.cfg.image.image_size, text_view=view, seed=seed)
+        return PairDataset(rows, self.model.cfg.image.image_size, text_view=view, seed=seed,
+                           window=self.model.cfg.image.window)
 
     def trainable(self) -> torch.nn.Module:
         return self.model
@@ -57,12 +64,32 @@ class ConVIRTObjective:
 
     def loss(self, net: torch.nn.Module, batch: dict, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
         x, ids, mask = self.inputs(batch, g)
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.precision):
             v, u = net(x, ids, mask)
         v_all, offset = gather_with_grad(v, self.dist)
         u_all, _ = gather_with_grad(u, self.dist)
         lc = self.model.cfg.loss
         return convirt_loss(v, u, lc.tau, lc.lam, v_all=v_all, u_all=u_all, offset=offset), {}
+
+    def loss_and_backward(self, net: torch.nn.Module, batch: dict, step: int, g: torch.Generator, scale=None,
+                          check=None) -> tuple[torch.Tensor, dict]:
+        """--accum-steps K: the batch's K sub-batches of --batch-size rows embedded one at a time (GradCache), the
+        loss over all of them (every row against all K x B x world negatives)."""
+        x, ids, mask = self.inputs(batch, g)
+        lc = self.model.cfg.loss
+
+        def embed(xc, ic, mc):
+            with autocast(self.device, self.cfg.precision):
+                v, u = net(xc, ic, mc)
+            return v.float(), u.float()
+
+        def loss_fn(v, u):
+            v_all, offset = gather_with_grad(v, self.dist)
+            u_all, _ = gather_with_grad(u, self.dist)
+            return convirt_loss(v, u, lc.tau, lc.lam, v_all=v_all, u_all=u_all, offset=offset)
+
+        chunks = [(x[s], ids[s], mask[s]) for s in split(len(x), self.cfg.accum_steps)]
+        return cached_backward(chunks, embed, loss_fn, getattr(net, "no_sync", None), check, scale), {}
 
     def after_step(self, step: int) -> dict:
         return {}
@@ -77,7 +104,7 @@ class ConVIRTObjective:
             if batch["images"].shape[0] < 2:
                 continue
             x, ids, mask = self.inputs(batch, None)
-            with autocast(self.device):
+            with autocast(self.device, self.cfg.precision):
                 v, u = self.model(x, ids, mask)
             losses.append(float(convirt_loss(v, u, lc.tau, lc.lam)))
             if sum(len(t) for t in texts) < VAL_RETRIEVAL_ROWS:

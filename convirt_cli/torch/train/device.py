@@ -17,8 +17,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower than fp32 on most machines)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, precision: str = "auto"):
+    """auto: bf16 autocast on CUDA, full precision on CPU (CPU bf16 is slower than fp32 on most machines);
+    fp32 | bf16 | fp16 as asked (fp16 trains with a GradScaler, see grad_scaler)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

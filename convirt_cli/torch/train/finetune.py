@@ -38,7 +38,7 @@ from convirt_cli.torch.towers import ImageTower
 from convirt_cli.torch.train.device import autocast, pick_device
 from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
-from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, read_rows
+from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, read_rows
 from convirt_cli.torchfree.data.split import split_rows
 from convirt_cli.torchfree.data.validate import validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
@@ -109,14 +109,14 @@ def build_tower(spec: str, model: str, pretrained: bool, image_size: int | None,
 
 # ---------------------------------------------------------------- data
 
-def decode_images(rows: list[Row], size: int, workers: int = 2) -> tuple[np.ndarray, list[int]]:
+def decode_images(rows: list[Row], size: int, workers: int = 2, window: str = "auto") -> tuple[np.ndarray, list[int]]:
     """rows -> (uint8 [N, 1, S, S], indices of rows that failed to decode; their slots stay zero)."""
     out = np.zeros((len(rows), 1, size, size), np.uint8)
     bad: list[int] = []
 
     def one(i: int) -> None:
         try:
-            out[i, 0] = load_gray(rows[i].image, size)
+            out[i, 0] = load_gray(rows[i].image, size, window)
         except Exception:  # noqa: BLE001 - any decode failure means a skipped, counted image
             bad.append(i)
 
@@ -127,7 +127,7 @@ def decode_images(rows: list[Row], size: int, workers: int = 2) -> tuple[np.ndar
 
 def prepare_data(cfg: FinetuneConfig) -> tuple[list[Row], Labels, dict[str, np.ndarray], dict]:
     """Read, label, validate and split rows. Returns usable rows, their labels, split -> indices, summary."""
-    rows = read_rows(cfg.data, cfg.image_col, None)
+    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding)
     labels = parse_labels(rows, cfg.labels, cfg.task, cfg.missing)  # bad columns fail before any decoding
     checked = validate_rows(rows, need_text=False, strict=cfg.strict)
     skipped: list[tuple[str, str]] = [(r.source, reason) for r, reason in checked.skipped]
@@ -342,6 +342,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     """Run the sweep in cfg; returns the output folder (results.json, table.json/csv, plot, models/)."""
     rep = reporter or NullReporter()
     device = pick_device(cfg.device)
+    if cfg.task == "segmentation":
+        return segmentation_sweep(cfg, rep, device)
     rows, labels, splits, summary = prepare_data(cfg)
     metric = cfg.metric or PRIMARY[labels.task]
     known = METRICS[labels.task] + ([f"{m}/{n}" for m in ("auc", "auprc") for n in labels.names]
@@ -352,7 +354,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     icfgs = [init_image_config(s, cfg.model, cfg.image_size) for s in specs]  # fails early on a bad init
     sizes = list(dict.fromkeys(c.image_size for c in icfgs))
     images: dict[int, np.ndarray] = {}
-    images[sizes[0]], bad = decode_images(rows, sizes[0], max(2, cfg.num_workers))
+    images[sizes[0]], bad = decode_images(rows, sizes[0], max(2, cfg.num_workers), cfg.window)
     if bad:  # unreadable despite a good header: drop from every split, count them
         summary["skip_reasons"]["unreadable image"] = summary["skip_reasons"].get("unreadable image", 0) + len(bad)
         summary["skipped"] += len(bad)
@@ -383,7 +385,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     for spec, icfg, name in zip(specs, icfgs, names):
         size = icfg.image_size
         if size not in images:
-            images[size], _ = decode_images(rows, size, max(2, cfg.num_workers))
+            images[size], _ = decode_images(rows, size, max(2, cfg.num_workers), cfg.window)
         imgs = images[size]
         tower = build_tower(spec, cfg.model, cfg.pretrained, cfg.image_size, cfg.seed)
         feats = None
@@ -430,5 +432,111 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
 
         data_efficiency(table, out / "data_efficiency.png",
                         title=f"{cfg.mode} on {_data_name(Path(cfg.data))} ({', '.join(labels.columns)})")
+    rep.end(out, table)
+    return out
+
+
+# ---------------------------------------------------------------- segmentation (RAD-DINO's patch-token probe)
+
+def load_masks(rows: list[Row], col: str, size: int, base: Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The binary mask of every row (a path relative to the table, like its image) at the model's input size,
+    resized and cropped exactly as its image."""
+    out = np.zeros((len(rows), size, size), bool)
+    bad = []
+    for i, r in enumerate(rows):
+        rel = r.columns.get(col, "").strip()
+        if not rel:
+            bad.append((r.source, f"no mask in column '{col}'"))
+            continue
+        try:
+            out[i] = load_gray(base / rel, size) > 127
+        except (OSError, ValueError) as e:
+            bad.append((r.source, f"unreadable mask ({type(e).__name__})"))
+    return out, bad
+
+
+def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device) -> Path:
+    """Per init: frozen patch features once; per (label fraction, seed): the linear segmentation head; test Dice and
+    IoU with bootstrap intervals over images; the same table, CSV and plot as the classification sweep."""
+    from convirt_cli.torch.segment import dense_features, fit_segmentation_probe, predict_masks
+    from convirt_cli.torchfree.evaluate.metrics import dice_iou, segmentation_metrics
+
+    if cfg.mode != "linear":
+        raise ConvirtError("--task segmentation is a linear probe on frozen patch features; use --mode linear")
+    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding)
+    if rows and cfg.mask_col not in rows[0].columns:
+        raise ConvirtError(f"{cfg.data}: no column '{cfg.mask_col}' (columns: {', '.join(rows[0].columns)}); "
+                           "pass --mask-col NAME")
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict)
+    rows = checked.usable
+    skipped = [(r.source, reason) for r, reason in checked.skipped]
+    specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]
+    icfgs = [init_image_config(s, cfg.model, cfg.image_size) for s in specs]
+    size = icfgs[0].image_size
+    if any(c.image_size != size for c in icfgs):
+        raise ConvirtError("--task segmentation compares inits at one image size; pass --image-size PX")
+    table = find_table(Path(cfg.data))
+    masks, bad_masks = load_masks(rows, cfg.mask_col, size, table.parent if table else Path(cfg.data))
+    images, bad_images = decode_images(rows, size, max(2, cfg.num_workers), cfg.window)
+    drop = {src for src, _ in bad_masks} | {rows[i].source for i in bad_images}
+    skipped += bad_masks + [(rows[i].source, "unreadable image") for i in bad_images]
+    keep = np.asarray([i for i, r in enumerate(rows) if r.source not in drop], dtype=np.int64)
+    rows, images, masks = [rows[i] for i in keep], images[keep], masks[keep]
+    split = split_rows(rows, cfg.val_fraction, cfg.test_fraction, cfg.split_col, cfg.patient_col, cfg.seed)
+    pos = {id(r): i for i, r in enumerate(rows)}
+    splits = {k: np.asarray([pos[id(r)] for r in v], dtype=np.int64) for k, v in split.items()}
+    if len(splits["train"]) == 0:
+        raise ConvirtError(f"no training images after the split ({len(rows)} usable); check --split-col")
+    summary = {"found": checked.found, "usable": len(rows), "skipped": len(skipped),
+               "skip_reasons": _count(reason for _, reason in skipped), "skipped_examples": skipped[:5],
+               "splits": {k: len(v) for k, v in splits.items()}, "task": "segmentation",
+               "labels": [cfg.mask_col], "columns": [cfg.mask_col]}
+    rep.data_summary(summary)
+    train_idx, val_idx, test_idx = splits["train"], splits["val"], splits["test"]
+    eval_split, ev_idx = ("test", test_idx) if len(test_idx) else ("val", val_idx)
+    out = out_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": specs})
+    rng_subsets = {(f, s): np.sort(np.random.default_rng(cfg.seed + s).permutation(train_idx)[
+        :max(1, math.ceil(f * len(train_idx)))]) for f in cfg.label_fraction for s in range(cfg.seeds)}
+    used = labels_used(cfg.label_fraction, cfg.seeds, rng_subsets, len(train_idx))
+    rep.start(len(specs) * len(rng_subsets))
+    names = [init_label(s, cfg.model, cfg.pretrained) for s in specs]
+    has_target = masks[ev_idx].reshape(len(ev_idx), -1).any(1)
+    records: list[dict] = []
+    for spec, name in zip(specs, names):
+        tower = build_tower(spec, cfg.model, cfg.pretrained, cfg.image_size, cfg.seed)
+        tower.requires_grad_(False)
+        feats = dense_features(tower, images, device)
+        for (fraction, s), tr in rng_subsets.items():
+            seed = cfg.seed + s
+            rep.run_start(name, fraction, seed, len(tr))
+            t0 = time.perf_counter()
+            head = fit_segmentation_probe(feats[tr], masks[tr], feats[val_idx], masks[val_idx])
+            pred = predict_masks(head["weight"], head["bias"], feats[ev_idx], (size, size), head["threshold"])
+            dice, iou = dice_iou(pred, masks[ev_idx])
+            metrics = segmentation_metrics(dice, iou, has_target)
+            ci = bootstrap_ci(lambda i, d=dice, j=iou: segmentation_metrics(d[i], j[i], has_target[i]), len(ev_idx),
+                              cfg.bootstrap, seed) if cfg.bootstrap else {}
+            record = {"init": name, "init_spec": spec, "fraction": fraction, "seed": seed, "mode": "linear",
+                      "n_train": len(tr), "n_val": len(val_idx), "n_eval": len(ev_idx), "val": head["val"],
+                      eval_split: metrics, f"{eval_split}_ci95": ci, "l2": head["l2"], "threshold": head["threshold"],
+                      "grid": list(feats.shape[1:3]), "seconds": round(time.perf_counter() - t0, 2)}
+            records.append(record)
+            rep.run_end(record)
+            write_json(out / "results.json", {"summary": summary, "metric": PRIMARY["segmentation"],
+                                              "records": records})
+        del tower, feats
+    table = results_table(records, cfg.metric or PRIMARY["segmentation"], eval_split)
+    table["task"], table["mode"], table["used"] = "segmentation", "linear", used
+    write_json(out / "table.json", table)
+    atomic_write_text(out / "table.csv", table_csv(table))
+    write_json(out / "results.json", {"summary": summary, "metric": table["metric"], "records": records,
+                                      "table": table})
+    if cfg.plot:
+        from convirt_cli.torchfree.plots import data_efficiency
+
+        data_efficiency(table, out / "data_efficiency.png",
+                        title=f"segmentation probe on {_data_name(Path(cfg.data))} ({cfg.mask_col})")
     rep.end(out, table)
     return out

@@ -26,6 +26,11 @@ def at_start(losses: list[float], batch: int) -> tuple[bool, float, float]:
     return mean >= (1 - BAND) * ln_b, mean, ln_b
 
 
+def val_learning(val: dict | None, factor: float = 1.5) -> bool:
+    """Validation retrieval clearly above chance: the ranking improves even while the loss looks flat."""
+    return bool(val) and val.get("val_i2t_r5", 0.0) > factor * val.get("val_r5_chance", 1.0)
+
+
 def warning(step: int, total: int, mean: float, ln_b: float, batch: int) -> str:
     return (f"the loss is still {mean:.3f}, within {BAND:.0%} of ln({batch}) = {ln_b:.3f}, {step / total:.0%} into "
             f"the run (step {step} of {total}): the model is not learning. Likely fixes: {FIXES}")
@@ -34,8 +39,7 @@ def warning(step: int, total: int, mean: float, ln_b: float, batch: int) -> str:
 def verdict(losses: list[float], batch: int, warned_at: dict | None, val: dict | None) -> dict:
     """What summary.json records: whether the run left the start by its end (loss, or val retrieval above chance)."""
     stuck, mean, ln_b = at_start(losses, batch)
-    above_chance = bool(val) and val.get("val_i2t_r5", 0.0) > 2 * val.get("val_r5_chance", 1.0)
-    collapsed = stuck and not above_chance
+    collapsed = stuck and not val_learning(val, 2.0)
     out = {"ln_batch": round(ln_b, 4), "final_loss": round(mean, 4), "band": BAND, "collapsed": collapsed,
            "warned": warned_at}
     if collapsed:

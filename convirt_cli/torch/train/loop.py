@@ -11,6 +11,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -23,17 +24,17 @@ from convirt_cli.torch.objectives import Objective
 from convirt_cli.torch.objectives.convirt import ConVIRTObjective
 from convirt_cli.torch.train import guard
 from convirt_cli.torch.train.checkpoint import load_latest, save_checkpoint
-from convirt_cli.torch.train.device import pick_device
+from convirt_cli.torch.train.device import grad_scaler, pick_device
 from convirt_cli.torch.train.distributed import Dist, init_distributed
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 from convirt_cli.torch.train.stop import StopOnSignal, ignore_signals
-from convirt_cli.torchfree.config import PretrainConfig, apply_recipe
+from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
 from convirt_cli.torchfree.data.readers import Row, read_rows
-from convirt_cli.torchfree.data.split import split_rows
+from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import Validation, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
 from convirt_cli.torchfree.files import read_json, write_json
-from convirt_cli.torchfree.registry import get_model_config, with_overrides
+from convirt_cli.torchfree.registry import get_model_config, is_run_dir, with_overrides
 from convirt_cli.torchfree.runs import (
     append_jsonl,
     new_run_name,
@@ -107,9 +108,14 @@ def resolve_config(cfg: PretrainConfig, run: Path) -> PretrainConfig:
                                                                    if k in mine})
     if cfg.data is None:
         raise ConvirtError("no DATA given: `convirt pretrain DATA` (a folder, or a CSV/JSONL table of image,text)")
+    if cfg.objective == "dino" and "model" not in cfg.model_fields_set:
+        cfg = cfg.updated({"model": "dino-tiny"}, "default for --objective dino")
     preset = get_model_config(cfg.model)
+    recipe = dict(preset.train)
+    if cfg.image_init is not None:  # the image tower, its input size and window come from that run
+        recipe = {k: v for k, v in recipe.items() if k not in ("image_size", "window")}
     try:
-        return apply_recipe(cfg, preset.train, f"preset {preset.name}")
+        return apply_recipe(cfg, recipe, f"preset {preset.name}")
     except ValueError as e:
         raise ConvirtError(f"preset '{preset.name}': its train recipe is invalid ({e}); fix the preset") from None
 
@@ -131,28 +137,61 @@ def dedupe(v: Validation) -> Validation:
     return v
 
 
-def prepare_rows(cfg: PretrainConfig, need_text: bool, rep: Reporter) -> tuple[list[Row], list[Row]]:
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(loss.item()):
+        raise ConvirtError(f"loss became {loss.item()} at step {step}; lower --lr or raise --tau")
+
+
+def prepare_rows(cfg: PretrainConfig, need_text: bool,
+                 rep: Reporter) -> tuple[list[Row], list[Row], int | None, dict]:
+    """(train rows, validation rows, the smallest image's shorter side, what was read / skipped / split for
+    summary.json)."""
     rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding)
     checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
-    rep.data_summary(checked, {k: len(v) for k, v in splits.items()})
+    by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
+    rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text})
     if len(splits["train"]) < 2:
         raise ConvirtError(f"only {len(splits['train'])} training pairs after the split; need at least 2")
-    return splits["train"], splits["val"]
+    data = {"found": checked.found, "usable": len(checked.usable), "skipped": dict(checked.reasons()),
+            "split": by}
+    return splits["train"], splits["val"], checked.min_side, data
 
 
 def build_objective(cfg: PretrainConfig, run: Path, train_rows: list[Row], device: torch.device,
                     dist: Dist) -> Objective:
+    """The objective over a fresh model (saved at once: what --resume rebuilds from), or over the run's own."""
+    image_weights = cfg.image_weights
     if cfg.resume:
         if not (run / "model.json").is_file():
             raise ConvirtError(f"--resume: {run} holds no model to resume; drop --resume to start one")
         model = load_model(run)
     else:
-        mcfg = with_overrides(get_model_config(cfg.model), **{
-            "image.image_size": cfg.image_size, "loss.tau": cfg.tau, "loss.lam": cfg.lam})
+        base = get_model_config(cfg.model)
+        if cfg.image_init is not None:
+            if not is_run_dir(cfg.image_init) or not (cfg.image_init / "image").is_dir():
+                raise ConvirtError(f"--image-init {cfg.image_init}: not a finished run with an image tower")
+            base = base.model_copy(update={"image": get_model_config(cfg.image_init).image})
+            image_weights = cfg.image_init / "image"
+        if cfg.objective in IMAGE_ONLY:
+            base = base.model_copy(update={"text": None, "projection": base.projection if cfg.objective == "simclr"
+                                           else None})
+        elif base.text is None:
+            raise ConvirtError(f"model '{base.name}' is image-only: --objective convirt needs a text tower; pick a "
+                               "ConVIRT preset (`convirt models`) and start its image tower from this one with "
+                               "--image-init RUN")
+        mcfg = with_overrides(base, **{"image.image_size": cfg.image_size, "image.window": cfg.window, "loss.tau": cfg.tau, "loss.lam": cfg.lam})
         model = create_model(mcfg, pretrained=cfg.pretrained, texts=[r.text for r in train_rows],
-                             image_weights=cfg.image_weights, text_weights=cfg.text_weights)
-        save_model(model, run)  # the initial towers + tokenizer: what --resume rebuilds from
+                             image_weights=image_weights, text_weights=cfg.text_weights)
+        save_model(model, run)
+    if cfg.objective == "dino":
+        from convirt_cli.torch.objectives.dino import DINOObjective, released_head
+
+        return DINOObjective(model, cfg, device, dist, None if cfg.resume else released_head(cfg, image_weights))
+    if cfg.objective == "simclr":
+        from convirt_cli.torch.objectives.simclr import SimCLRObjective
+
+        return SimCLRObjective(model, cfg, device, dist)
     return ConVIRTObjective(model, cfg, device, dist)
 
 
@@ -171,7 +210,8 @@ def recipe_line(cfg: PretrainConfig, total: int, epochs: int, batch: int) -> str
     def show(key: str, value) -> str:
         return f"{key.replace('_', ' ')} {value} ({src[key]})"
 
-    parts = [show("lr", f"{cfg.lr:g}"), show("text_view", cfg.text_view), show("batch_size", batch),
+    first = [show("objective", cfg.objective)] + ([show("text_view", cfg.text_view)] if cfg.objective == "convirt" else [])
+    parts = [*first, show("lr", f"{cfg.lr:g}"), show("batch_size", batch),
              f"{total} steps = {epochs} epochs ({src['epochs']}" + (f", at least {cfg.min_steps} steps ({src['min_steps']})"
                                                                     if cfg.min_steps else "") + ")"]
     return "recipe: " + ", ".join(parts)
@@ -188,6 +228,10 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
     rep = reporter or NullReporter()
     run = find_run(cfg)
     cfg = resolve_config(cfg, run)
+    if cfg.accum_steps > 1 and cfg.objective == "dino":
+        raise ConvirtError("--accum-steps builds a contrastive batch bigger than memory (convirt, simclr); DINO's "
+                           "loss has no in-batch negatives, so it does not apply: use the --batch-size that fits, "
+                           "or more GPUs with torchrun")
     device = pick_device(cfg.device)
     dist = init_distributed(device)
     if dist.world > 1 and device.type == "cuda":
@@ -196,10 +240,10 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
     if not dist.main:
         rep = NullReporter()  # one progress bar, from rank 0
 
-    train_rows, val_rows = prepare_rows(cfg, need_text=True, rep=rep)
+    train_rows, val_rows, min_side, data = prepare_rows(cfg, need_text=cfg.objective not in IMAGE_ONLY, rep=rep)
     created = not run.exists()
     try:
-        return _train(cfg, run, train_rows, val_rows, device, dist, rep)
+        return _train(cfg, run, train_rows, val_rows, device, dist, rep, min_side, data)
     except Interrupted:
         raise
     except BaseException:
@@ -209,7 +253,7 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
 
 
 def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list[Row], device: torch.device,
-           dist: Dist, rep: Reporter) -> Path:
+           dist: Dist, rep: Reporter, min_side: int | None = None, data: dict | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -219,11 +263,17 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
         if not dist.main:  # every rank starts from rank 0's towers and tokenizer
             obj = build_objective(cfg.model_copy(update={"resume": True}), run, train_rows, device, dist)
     obj.module.to(device).train()
+    if cfg.grad_checkpointing:
+        obj.model.set_grad_checkpointing()
+    if cfg.channels_last:
+        obj.module.to(memory_format=torch.channels_last)
+    if hasattr(obj, "size_warning") and (line := obj.size_warning(min_side)):
+        rep.warn(line)
 
     train_ds = obj.dataset(train_rows, train=True, seed=cfg.seed)
     sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=dist.rank, world=dist.world)
     per_rank = len(sampler.indices())
-    batch_size = min(cfg.batch_size, per_rank)
+    batch_size = min(cfg.batch_size * cfg.accum_steps, per_rank)  # --accum-steps: one contrastive batch, chunked
     if batch_size < 2:
         raise ConvirtError(f"{per_rank} training pairs per process: too few for a contrastive batch")
     obj.batch_size = batch_size * dist.world
@@ -237,8 +287,11 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
     steps_per_epoch = per_rank // batch_size
     total, epochs = step_budget(cfg, steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total)
-    params = [p for g in obj.param_groups(cfg.lr, cfg.weight_decay) for p in g["params"]]
-    opt = torch.optim.AdamW(obj.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if hasattr(obj, "set_budget"):
+        obj.set_budget(total, steps_per_epoch)
+    groups = obj.param_groups(cfg.lr, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     for group in opt.param_groups:
         group["base_lr"] = group["lr"]
 
@@ -258,7 +311,7 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
 
     summary = {"status": "running", "objective": obj.name, "steps": st.step, "total_steps": total, "epochs": epochs,
                "train_pairs": len(train_rows), "val_pairs": len(val_rows), "batch_size": obj.batch_size,
-               "device": str(device), "world_size": dist.world}
+               "device": str(device), "world_size": dist.world, "data": data}
     if dist.main:
         saved_cfg = cfg.model_dump(mode="json") | {"data": str(Path(cfg.data).resolve()), "sources": cfg.sources()}
         write_json(run / "config.json", saved_cfg)
@@ -267,6 +320,9 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
     net = obj.trainable()
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    scaler = grad_scaler(device, cfg.precision)
 
     def checkpoint() -> Path | None:
         if not dist.main:
@@ -296,14 +352,23 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
                     st.plateau.scale * min(1.0, (st.step + 1) / max(1, warmup))
                 for group in opt.param_groups:
                     group["lr"] = group["base_lr"] * scale
+                if hasattr(obj, "on_step_start"):  # e.g. DINO's weight-decay, temperature and momentum schedules
+                    obj.on_step_start(st.step, opt)
                 g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + st.step) * 64 + dist.rank)
-                loss, extra = obj.loss(net, batch, st.step, g)
-                if not math.isfinite(loss.item()):
-                    raise ConvirtError(f"loss became {loss.item()} at step {st.step}; lower --lr or raise --tau")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                check = partial(_check_finite, step=st.step)
+                if cfg.accum_steps > 1:  # GradCache: the objective backpropagates chunk by chunk
+                    loss, extra = obj.loss_and_backward(net, batch, st.step, g, scaler.scale, check)
+                else:
+                    loss, extra = obj.loss(net, batch, st.step, g)
+                    check(loss)
+                    scaler.scale(loss).backward()
+                if hasattr(obj, "before_update"):  # e.g. DINO's prototypes frozen for the first epoch
+                    obj.before_update(st.step)
+                scaler.unscale_(opt)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 st.step += 1
                 extra |= obj.after_step(st.step)
                 n_since += batch["images"].shape[0] * dist.world
@@ -316,11 +381,11 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
                 losses.append(record["loss"])
                 if dist.main:
                     append_jsonl(metrics_path, record)
-                if st.step == check_at and st.warned_at is None:
-                    stuck, mean, ln_b = guard.at_start(losses, obj.batch_size)
-                    if stuck:
+                if st.step == check_at and st.warned_at is None and getattr(obj, "guard_batch", 0):
+                    stuck, mean, ln_b = guard.at_start(losses, obj.guard_batch)
+                    if stuck and not guard.val_learning(last_val):
                         st.warned_at = {"step": st.step, "loss": round(mean, 4)}
-                        rep.warn(guard.warning(st.step, total, mean, ln_b, obj.batch_size))
+                        rep.warn(guard.warning(st.step, total, mean, ln_b, obj.guard_batch))
                 if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
                     checkpoint()
                 rep.step(st.step, record)
@@ -353,6 +418,8 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
                 "learning": obj.learning(losses, st.warned_at, last_val)}
     if dist.main:
         obj.module.eval()
+        if cfg.channels_last:  # saved weights are plain contiguous tensors, whatever layout trained them
+            obj.module.to(memory_format=torch.contiguous_format)
         obj.save(run)
         write_summary(run, summary)
         if cfg.plot:

@@ -28,3 +28,17 @@ class Plateau:
         if self.bad_epochs + 1 >= patience:
             return Plateau(self.scale * factor, self.best, 0)
         return Plateau(self.scale, self.best, self.bad_epochs + 1)
+
+
+def cosine_ramp(step: int, total: int, start: float, end: float) -> float:
+    """start at step 0 -> end at `total` along a half cosine (DINO's teacher momentum 0.992 -> 1, DINOv2's weight
+    decay 0.04 -> 0.4)."""
+    progress = min(1.0, max(0.0, step / max(1, total)))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def linear_warmup(step: int, warmup: int, start: float, end: float) -> float:
+    """start -> end linearly over `warmup` steps, then end (DINO's teacher temperature 0.04 -> 0.07)."""
+    if step >= warmup:
+        return end
+    return start + (end - start) * step / max(1, warmup)

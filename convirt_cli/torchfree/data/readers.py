@@ -14,7 +14,7 @@ from pathlib import Path
 
 from convirt_cli.torchfree.errors import ConvirtError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
 
 
@@ -122,5 +122,18 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
     for p in images:
         txt = p.with_suffix(".txt")
         text = txt.read_text(encoding="utf-8", errors="replace") if with_text and txt.is_file() else ""
-        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns={}))
+        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=_file_columns(p)))
     return rows
+
+
+def _file_columns(path: Path) -> dict[str, str]:
+    """A DICOM's allow-listed metadata (hashed patient id, sex, age, view...) as columns: a folder of DICOMs splits
+    by patient and feeds `finetune --label sex` with no table. A damaged header gives none; validation names it."""
+    if path.suffix.lower() not in (".dcm", ".dicom"):
+        return {}
+    from convirt_cli.torchfree import dicom
+
+    try:
+        return dicom.columns(path)
+    except ValueError:
+        return {}

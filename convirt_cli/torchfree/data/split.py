@@ -21,6 +21,28 @@ def _unit(key: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
+SPLIT_COLS = ("split",)
+
+
+def detect_columns(rows: list[Row], split_col: str | None, patient_col: str | None) -> tuple[str | None, str | None]:
+    """(split column, patient column) to use: the given ones, else a `split` column whose values all name a split
+    (a split someone chose beats a random one), else a patient id column for a patient-level split."""
+    cols = rows[0].columns if rows else {}
+    if split_col is None:
+        split_col = next((c for c in SPLIT_COLS if c in cols and all(
+            r.columns.get(c, "").strip().lower() in SPLIT_NAMES for r in rows)), None)
+    if patient_col is None and split_col is None:
+        patient_col = next((c for c in PATIENT_COLS if c in cols), None)
+    return split_col, patient_col
+
+
+def describe_split(rows: list[Row], split_col: str | None, patient_col: str | None) -> str:
+    split_col, patient_col = detect_columns(rows, split_col, patient_col)
+    if split_col:
+        return f"by column '{split_col}'"
+    return f"by patient ('{patient_col}')" if patient_col else "by image (no patient id column; --patient-col)"
+
+
 def split_rows(
     rows: list[Row],
     val_fraction: float = 0.1,
@@ -30,6 +52,7 @@ def split_rows(
     seed: int = 0,
 ) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {"train": [], "val": [], "test": []}
+    split_col, patient_col = detect_columns(rows, split_col, patient_col)
     if split_col:
         for r in rows:
             if split_col not in r.columns:
@@ -40,8 +63,6 @@ def split_rows(
                                    f"is not one of train/val/valid/validation/test")
             out[SPLIT_NAMES[value]].append(r)
         return out
-    if patient_col is None and rows:
-        patient_col = next((c for c in PATIENT_COLS if c in rows[0].columns), None)
     for r in rows:
         key = r.columns.get(patient_col, "") if patient_col else ""
         u = _unit(key or str(r.image), seed)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.imageio import PLAIN_SUFFIXES
 
 
 @dataclass
@@ -16,31 +17,40 @@ class Validation:
     found: int
     usable: list[Row]
     skipped: list[tuple[Row, str]] = field(default_factory=list)
+    min_side: int | None = None  # the smallest usable image's shorter side, in pixels
 
     def reasons(self) -> Counter:
         return Counter(reason for _, reason in self.skipped)
 
 
-def check_row(row: Row, need_text: bool) -> str | None:
-    """The reason a row cannot be used, or None."""
+def check_row(row: Row, need_text: bool) -> str | int:
+    """The reason a row cannot be used, or its image's shorter side (pixels)."""
     if not row.image.is_file():
         return "missing image file"
     if need_text and not row.text.strip():
         return "empty text"
+    if row.image.suffix.lower() not in PLAIN_SUFFIXES:
+        from convirt_cli.torchfree import dicom
+
+        if dicom.is_dicom(row.image):
+            try:
+                return dicom.check(row.image)  # header only, like the PIL check below
+            except dicom.DicomError as e:
+                return str(e)
     try:
         with Image.open(row.image) as im:  # reads the header only: cheap, catches non-images
-            im.size  # noqa: B018
+            return min(im.size)
     except Exception:  # noqa: BLE001 - any decoder failure means: not a usable image
         return "unreadable image"
-    return None
 
 
 def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False) -> Validation:
     v = Validation(found=len(rows), usable=[])
     for row in rows:
         reason = check_row(row, need_text)
-        if reason is None:
+        if isinstance(reason, int):
             v.usable.append(row)
+            v.min_side = reason if v.min_side is None else min(v.min_side, reason)
         else:
             v.skipped.append((row, reason))
     if strict and v.skipped:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-PRIMARY = {"multilabel": "macro_auc", "multiclass": "auc", "regression": "r2"}
+PRIMARY = {"multilabel": "macro_auc", "multiclass": "auc", "regression": "r2", "segmentation": "dice_positive"}
 METRICS = {"multilabel": ["macro_auc", "macro_auprc"], "multiclass": ["auc", "accuracy", "macro_f1"],
-           "regression": ["r2", "mae"]}
+           "regression": ["r2", "mae"], "segmentation": ["dice_positive", "iou_positive", "dice", "iou"]}
 # metrics where lower is better (early stopping and "best" need the direction)
 LOWER_IS_BETTER = {"mae", "rmse", "loss"}
 
@@ -157,3 +157,25 @@ def is_better(metric: str, new: float, old: float) -> bool:
     if np.isnan(old):
         return True
     return new < old if metric in LOWER_IS_BETTER else new > old
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image Dice 2|P&T| / (|P| + |T|) and IoU |P&T| / |P|T| of binary masks [N, H, W]; an image where both
+    are empty scores 1 (nothing to find, nothing found)."""
+    p = np.asarray(pred, bool).reshape(len(pred), -1)
+    t = np.asarray(truth, bool).reshape(len(truth), -1)
+    inter = (p & t).sum(1).astype(np.float64)
+    total = p.sum(1) + t.sum(1)
+    union = (p | t).sum(1)
+    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return dice, iou
+
+
+def segmentation_metrics(dice: np.ndarray, iou: np.ndarray, has_target: np.ndarray) -> dict[str, float]:
+    """Means over images, and over the images whose target is not empty (where there is something to segment)."""
+    pos = np.asarray(has_target, bool)
+    return {"dice": float(np.mean(dice)) if len(dice) else float("nan"),
+            "iou": float(np.mean(iou)) if len(iou) else float("nan"),
+            "dice_positive": float(np.mean(dice[pos])) if pos.any() else float("nan"),
+            "iou_positive": float(np.mean(iou[pos])) if pos.any() else float("nan")}

@@ -68,6 +68,9 @@ def evaluate_retrieval(encoder, paths: Sequence[str], labels: Sequence[str], tex
         tq = [(texts[ok[i]], labels_ok[i]) for i in q_idx if texts[ok[i]].strip()]
     else:
         tq = []
+    if tq and not getattr(encoder, "has_text", True):  # an image-only model: image->image only
+        out["text_to_image_skipped"] = "image-only model (no text tower)"
+        tq = []
     if tq:
         temb = encoder.encode_texts([t for t, _ in tq])
         out["text_queries"] = [{"text": t, "label": c} for t, c in tq]

@@ -16,7 +16,8 @@ from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import read_json
 from convirt_cli.torchfree.imageio import load_gray, normalize_array
 
-EXPORT_FILES = ("image.onnx", "text.onnx", "tokenizer.json", "preprocess.json", "manifest.json")
+EXPORT_FILES = ("image.onnx", "preprocess.json", "manifest.json")
+TEXT_FILES = ("text.onnx", "tokenizer.json")
 Progress = Callable[[int], None]
 
 
@@ -24,11 +25,12 @@ def is_export_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file() and (Path(path) / "image.onnx").is_file()
 
 
-def decode_images(paths: Sequence[str | Path], size: int, pool: ThreadPoolExecutor | None = None):
+def decode_images(paths: Sequence[str | Path], size: int, pool: ThreadPoolExecutor | None = None,
+                  window: str = "auto"):
     """Paths -> (uint8 [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
     def one(p):
         try:
-            return load_gray(p, size), None
+            return load_gray(p, size, window), None
         except Exception as e:  # noqa: BLE001 - any decode failure is a skip, named in the summary
             return None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
@@ -46,7 +48,7 @@ def encode_image_paths(paths: Sequence[str | Path], pre: dict, run: Callable[[np
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes release the GIL
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            gray, good, skipped = decode_images(chunk, pre["image_size"], pool)
+            gray, good, skipped = decode_images(chunk, pre["image_size"], pool, pre.get("window", "auto"))
             if len(good):
                 x = normalize_array(gray, pre["mean"], pre["std"], pre["channels"])
                 out.append(np.asarray(run(x), dtype=np.float32))
@@ -109,7 +111,12 @@ class OnnxEncoder:
             raise ConvirtError(f"{export_dir}: not a complete ONNX export ({', '.join(missing)} missing); "
                                "run `convirt export RUN --onnx`")
         self.path = export_dir
-        self.manifest = read_json(export_dir / "manifest.json")
+        self.manifest = read_json(export_dir / "manifest.json", "re-export it: `convirt export RUN --onnx`")
+        self.has_text = "text" in self.manifest.get("towers", ["image", "text"])
+        missing = [f for f in TEXT_FILES if self.has_text and not (export_dir / f).is_file()]
+        if missing:
+            raise ConvirtError(f"{export_dir}: not a complete ONNX export ({', '.join(missing)} missing); "
+                               "run `convirt export RUN --onnx`")
         self.pre = read_json(export_dir / "preprocess.json")
         self.fingerprint: str = self.manifest["fingerprint"]
         self.dim: int = int(self.manifest["dim"])
@@ -136,6 +143,9 @@ class OnnxEncoder:
         return self._session("text").run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        if not self.has_text:
+            raise ConvirtError(f"{self.path} is the export of an image-only model (no text tower): text queries and "
+                               "prompts need a ConVIRT run")
         if self._tokenizer is None:
             self._tokenizer = Tokenizer(self.path, self.pre)
         return self._tokenizer(texts)
@@ -146,5 +156,7 @@ class OnnxEncoder:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Progress | None = None,
                      by_length: bool = True) -> np.ndarray:
         """[n, d] in the order given; batched by length unless by_length=False (the parity check wants mixed)."""
+        if texts and not self.has_text:
+            self.tokenize(texts[:1])  # the one-line refusal
         return encode_text_batches(texts, lambda chunk: self.text_forward(**self.tokenize(chunk)), self.dim,
                                    batch_size, on_progress, by_length)

@@ -7,16 +7,15 @@ import html
 import io
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from convirt_cli.torchfree.imageio import open_gray
 
 
 def thumbnail_data_uri(path: str | Path, size: int = 160) -> str | None:
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("L")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
+        im = open_gray(path, draft=size)  # DICOM and 16-bit images too, through the default window
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
     except Exception:  # noqa: BLE001 - a vanished file shows as a placeholder, not a crash
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

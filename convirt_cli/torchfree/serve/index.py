@@ -175,6 +175,48 @@ def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dic
     return meta
 
 
+def merge_indexes(parts: list[Path], out: Path) -> dict:
+    """Join the parts of a sharded `embed` (or any indexes of one model and kind) into one index at `out`, rows in
+    id order: a merge of all N parts equals one `embed` of the whole input, row for row."""
+    if not parts:
+        raise ConvirtError("index merge: name the part folders to join")
+    opened = []
+    for p in parts:
+        if not is_index_dir(p):
+            raise ConvirtError(f"{p}: not an index folder (no index.json / embeddings.npy); "
+                               + REBUILD.format(path=p))
+        opened.append(open_index(p, mmap=True))
+    first = opened[0]
+    for idx in opened[1:]:
+        for key in ("fingerprint", "kind", "dim"):
+            if idx.meta[key] != first.meta[key]:
+                raise ConvirtError(f"index merge: {idx.path} has {key} {idx.meta[key]} but {first.path} has "
+                                   f"{first.meta[key]}; merge parts embedded by the same model")
+    shard_info = [idx.meta.get("part") for idx in opened]
+    if all(shard_info):
+        of = {s["of"] for s in shard_info}
+        have = sorted(s["index"] for s in shard_info)
+        if len(of) > 1 or have != list(range(next(iter(of)))):
+            want = max(of)
+            missing = sorted(set(range(want)) - set(have))
+            raise ConvirtError(f"index merge: parts {have} of {'/'.join(map(str, sorted(of)))}: " + (
+                f"part(s) {missing} missing" if missing else "a part is named twice or the part counts differ"))
+    opened.sort(key=lambda idx: (idx.meta.get("part") or {}).get("first_id", 0))
+    items: list[dict] = []
+    for idx in opened:
+        items += list(idx.items)
+    ids = [it["id"] for it in items]
+    if len(set(ids)) != len(ids):
+        raise ConvirtError("index merge: the parts share ids (the same inputs embedded twice?); merge disjoint parts")
+    order = np.argsort(ids, kind="stable")
+    emb = np.concatenate([np.asarray(idx.embeddings) for idx in opened])[order]
+    meta = {k: v for k, v in first.meta.items() if k not in ("part", "count", "skipped", "next_id", "updated")}
+    meta |= {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "merged_from": [str(Path(p).resolve()) for p in parts],
+             "next_id": max(int(idx.meta.get("next_id", 0)) for idx in opened),
+             "skipped": sorted((s for idx in opened for s in idx.meta.get("skipped", [])), key=lambda s: s["id"])}
+    return write_index(out, emb, [items[i] for i in order], meta)
+
+
 def next_id(path: Path) -> int:
     """Ids are input positions: a skipped input keeps its id unused, so ids never shift."""
     if not is_index_dir(path):

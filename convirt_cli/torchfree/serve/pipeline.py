@@ -25,12 +25,22 @@ from convirt_cli.torchfree.serve.index import (
 from convirt_cli.torchfree.serve.search import DamagedRows, check_scores, search
 
 
+def part_bounds(n: int, num_shards: int, shard_index: int) -> tuple[int, int]:
+    """Part `shard_index` of `num_shards` contiguous, near-equal parts of n inputs: [lo, hi)."""
+    return n * shard_index // num_shards, n * (shard_index + 1) // num_shards
+
+
 def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool = False, batch_size: int = 64,
-                on_progress: Callable[[int], None] | None = None) -> dict:
+                on_progress: Callable[[int], None] | None = None, part: tuple[int, int] = (0, 1)) -> dict:
     """Encode `items` ({path} or {text}, source) into the index at `out`; returns index.json + skipped list.
 
     Ids are input positions (after the existing index's ids with --append); skipped inputs keep theirs unused.
+    part (index, of): only that contiguous share of the inputs, ids still their positions in all of them.
     """
+    shard, shards = part
+    total = len(items)
+    lo, hi = part_bounds(total, shards, shard)
+    items = items[lo:hi]
     if append and is_index_dir(out):
         old = open_index(out)
         if old.meta["fingerprint"] != encoder.fingerprint:
@@ -38,7 +48,7 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
                                f"{encoder.path} is {encoder.fingerprint}; embed into a new --out")
         if old.meta["kind"] != kind:
             raise ConvirtError(f"--append: {out} holds {old.meta['kind']} embeddings; these inputs are {kind}")
-    base = next_id(out) if append else 0
+    base = next_id(out) if append else lo
     if kind == "image":
         emb, ok, bad = encoder.encode_images([it["path"] for it in items], batch_size=batch_size, on_progress=on_progress)
     else:
@@ -52,7 +62,7 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
         bad = sorted(bad + [(ok[j], "non-finite embedding") for j in np.flatnonzero(~finite)])
         ok = [i for i, f in zip(ok, finite) if f]
         emb = emb[finite]
-    if not ok and not append:
+    if not ok and not append and shards == 1:
         raise ConvirtError(f"nothing to index: all {len(items)} inputs were skipped "
                            f"(first: {items[bad[0][0]].get('path', '')} {bad[0][1]})" if bad else "no inputs")
     kept = [{"id": base + i} | items[i] for i in ok]
@@ -60,6 +70,8 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
     meta = {"fingerprint": encoder.fingerprint, "model": str(Path(encoder.path).resolve()), "kind": kind,
             "dim": int(encoder.dim), "backend": encoder.backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "next_id": base + len(items), "skipped": skipped}
+    if shards > 1:
+        meta["part"] = {"index": shard, "of": shards, "first_id": lo, "inputs": total}
     meta = write_index(out, emb, kept, meta, append=append)
     return meta | {"added": len(kept), "skipped_now": skipped}
 

@@ -1,0 +1,270 @@
+"""RAD-DINO's objective (Perez-Garcia et al. 2024): DINOv2 on images alone. DINO self-distillation on the CLS token
+over multi-crop views + iBOT on block-masked patches of the global views + KoLeo on the student's CLS tokens; the
+teacher is an EMA of the student (cosine momentum), its outputs centred (Sinkhorn-Knopp, or DINO's running centre)
+and sharpened with a temperature warmed up from 0.04 to 0.07; the prototypes stay frozen for the first epoch.
+
+Every setting comes from the preset's `dino` section (registry.DinoConfig, DINOv2's defaults unless it says so).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from convirt_cli.torch.data.dataset import Collate, PairDataset
+from convirt_cli.torch.data.multicrop import MultiCropParams, batch_masks, multicrop
+from convirt_cli.torch.data.transforms import to_model_input
+from convirt_cli.torch.dino import HEAD_FILE, DINOHead, Student, ema_update, make_teacher, patch_size
+from convirt_cli.torch.losses.dino import (
+    centered_probs,
+    dino_loss,
+    entropy,
+    ibot_loss,
+    koleo_loss,
+    prototypes_in_use,
+    sinkhorn_knopp,
+    updated_center,
+)
+from convirt_cli.torch.model import ImageModel, save_model
+from convirt_cli.torch.train.device import autocast
+from convirt_cli.torch.train.distributed import Dist, all_reduce_mean
+from convirt_cli.torch.train.param_groups import vit_param_groups
+from convirt_cli.torch.train.schedule import cosine_ramp, linear_warmup
+from convirt_cli.torchfree.config import PretrainConfig
+from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.registry import DinoConfig
+
+
+def released_head(cfg: PretrainConfig, image_weights: Path | None) -> Path | None:
+    """The DINO head shipped beside a backbone (microsoft/rad-dino's dino_head.safetensors): in --image-weights DIR,
+    or with --pretrained from the hub next to the weights. None: a fresh head."""
+    if image_weights is not None and (Path(image_weights) / HEAD_FILE).is_file():
+        return Path(image_weights) / HEAD_FILE
+    if cfg.pretrained:
+        from convirt_cli.torchfree.registry import get_model_config
+
+        image = get_model_config(cfg.model).image
+        if image.source == "hf":
+            try:
+                from huggingface_hub import hf_hub_download
+
+                return Path(hf_hub_download(image.name, HEAD_FILE))
+            except Exception:  # noqa: BLE001 - no released head (or offline): the head starts fresh
+                return None
+    return None
+
+
+class DINOObjective:
+    name = "dino"
+    need_text = False
+    guard_batch = 0  # collapse shows in the teacher's entropy, not in a loss at ln(batch)
+
+    def __init__(self, model: ImageModel, cfg: PretrainConfig, device: torch.device, dist: Dist,
+                 head_weights: Path | None = None):
+        from convirt_cli.torch.dino import load_head
+
+        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        d: DinoConfig = model.cfg.dino or DinoConfig()
+        self.d = d
+        tower = model.image
+        dim = tower.num_features
+
+        def head() -> DINOHead:
+            return DINOHead(dim, d.prototypes, d.head_hidden, d.head_bottleneck, d.head_layers)
+
+        dino_head = head()
+        if head_weights is not None and head_weights.is_file():
+            load_head(dino_head, head_weights)  # continue from a released head (microsoft/rad-dino)
+        use_patches = d.ibot_weight > 0
+        self.student = Student(tower, dino_head, head() if use_patches and d.ibot_separate_head else None, use_patches)
+        self.teacher = make_teacher(self.student)
+        self.module = torch.nn.ModuleDict({"student": self.student, "teacher": self.teacher})
+        # classic centring keeps one running centre for the [CLS] outputs and one for the patches (iBOT's)
+        self.module.register_buffer("center", torch.zeros(1, d.prototypes))
+        self.module.register_buffer("patch_center", torch.zeros(1, d.prototypes))
+        self.crops = MultiCropParams(d.global_size, d.local_size, d.n_local, tuple(d.global_scale),
+                                     tuple(d.local_scale))
+        self.patch = patch_size(tower) if use_patches else 0
+        if use_patches and (d.global_size % self.patch or d.local_size % self.patch):
+            from convirt_cli.torchfree.errors import ConvirtError
+
+            raise ConvirtError(f"crop sizes {d.global_size}/{d.local_size} px are not multiples of the ViT's patch "
+                               f"size {self.patch}; set the preset's dino.global_size / local_size")
+        self.collate = Collate(None)
+        self.batch_size = cfg.batch_size * dist.world
+        self.total_steps, self.steps_per_epoch = 1, 1  # set by the loop (set_budget)
+        self._now: dict = {}
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------- data
+    def dataset(self, rows: list[Row], train: bool, seed: int) -> PairDataset:
+        size = max(self.d.global_size, self.model.cfg.image.image_size)  # crops resample from this decode
+        return PairDataset(rows, size, text_view="report", seed=seed, with_text=False,
+                           window=self.model.cfg.image.window)
+
+    def size_warning(self, min_side: int | None) -> str | None:
+        """Images smaller than the global crops are upsampled into them: say so once (the crops learn little)."""
+        if min_side is not None and min_side < self.d.global_size:
+            return (f"some images are smaller than the {self.d.global_size} px global crops (the smallest: {min_side} "
+                    "px); they are upsampled. A preset with smaller crops (dino-tiny: 64 px) suits them better")
+        return None
+
+    def set_budget(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+
+    # ---------------------------------------------------------------- optimisation
+    def trainable(self) -> torch.nn.Module:
+        return self.student
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        depth = len(getattr(self.model.image.model, "blocks", [])) or \
+            int(getattr(getattr(self.model.image.model, "config", None), "num_hidden_layers", 0))
+        return vit_param_groups(self.student, lr, weight_decay, depth, self.d.layer_decay if depth else 1.0,
+                                self.d.patch_embed_lr_mult)
+
+    def on_step_start(self, step: int, opt: torch.optim.Optimizer) -> None:
+        wd = cosine_ramp(step, self.total_steps, self.cfg.weight_decay, self.d.weight_decay_end)
+        for g in opt.param_groups:
+            g["weight_decay"] = wd * g.get("wd_scale", 1.0)
+        warm = int(self.d.teacher_temp_warmup * self.total_steps)
+        self._now = {"teacher_temp": linear_warmup(step, warm, self.d.warmup_teacher_temp, self.d.teacher_temp),
+                     "momentum": cosine_ramp(step, self.total_steps, self.d.momentum_start, self.d.momentum_end),
+                     "weight_decay": wd}
+
+    def before_update(self, step: int) -> None:
+        """The prototypes stay where they are for the first epoch(s): DINO's guard against early collapse."""
+        if step < self.d.freeze_last_layer_epochs * self.steps_per_epoch:
+            for head in {id(h): h for h in (self.student.dino_head, self.student.ibot_head) if h}.values():
+                for p in head.last_layer_params():
+                    p.grad = None
+
+    # ---------------------------------------------------------------- the loss
+    def _teacher_probs(self, logits: torch.Tensor, temp: float, center: str = "center") -> torch.Tensor:
+        if self.d.centering == "sinkhorn":
+            world_sum = None
+            if self.dist.world > 1:
+                def world_sum(t):
+                    torch.distributed.all_reduce(t)
+                    return t
+            return sinkhorn_knopp(logits, temp, world_sum=world_sum)
+        buf = getattr(self.module, center)
+        probs = centered_probs(logits, buf, temp)
+        mean = logits.float().mean(0, keepdim=True)
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= self.dist.world
+        buf.copy_(updated_center(buf, mean, 0.9))
+        return probs
+
+    def views(self, batch: dict, g: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        im = self.model.cfg.image
+        images = batch["images"].to(self.device, non_blocking=True)
+        views = [to_model_input(v, im.mean, im.std, im.in_chans) for v in multicrop(images, g, self.crops)]
+        masks = None
+        if self.d.ibot_weight > 0:
+            side = self.d.global_size // self.patch
+            rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g)))
+            masks = batch_masks(2 * images.shape[0], side, side, tuple(self.d.mask_ratio), self.d.mask_probability,
+                                rng).to(self.device)
+        return views, masks
+
+    def loss(self, net: torch.nn.Module, batch: dict, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+        d, temp = self.d, self._now["teacher_temp"]
+        views, masks = self.views(batch, g)
+        b = views[0].shape[0]
+        globals_ = torch.cat(views[:2])
+        with torch.no_grad(), autocast(self.device, self.cfg.precision):
+            t_cls, t_patch = self.teacher.tokens(globals_)
+            t_probs = self._teacher_probs(self.teacher.dino_head(t_cls).float(), temp)
+        student = self.student  # `net` is it, or DDP around it (forward = tokens, so gradients synchronise)
+        with autocast(self.device, self.cfg.precision):
+            s_cls, s_patch = net(globals_, masks)
+            s_logits = [student.dino_head(s_cls[:b]), student.dino_head(s_cls[b:])]
+            if d.n_local:
+                l_cls, _ = net(torch.cat(views[2:]))
+                s_logits += list(student.dino_head(l_cls).chunk(d.n_local))
+        parts = {"dino_loss": dino_loss([x.float() for x in s_logits], list(t_probs.chunk(2)), d.student_temp)}
+        total = d.dino_weight * parts["dino_loss"]
+        if masks is not None and masks.any():
+            with torch.no_grad():
+                t_patch_logits = self.teacher.patch_head(t_patch[masks])
+                t_patch_probs = self._teacher_probs(t_patch_logits.float(), temp, "patch_center")
+            s_patch_logits = student.patch_head(s_patch[masks]).float()
+            owner = masks.nonzero()[:, 0]  # which image each masked patch belongs to
+            parts["ibot_loss"] = ibot_loss(s_patch_logits, t_patch_probs, owner, 2 * b, d.student_temp)
+            total = total + d.ibot_weight * parts["ibot_loss"]
+        if d.koleo_weight > 0:
+            parts["koleo_loss"] = sum(koleo_loss(c) for c in s_cls.float().chunk(2)) / 2
+            total = total + d.koleo_weight * parts["koleo_loss"]
+        stats = {k: float(v.detach()) for k, v in parts.items()} | {
+            "teacher_entropy": float(entropy(t_probs)), "prototypes_in_use": prototypes_in_use(t_probs),
+            "teacher_temp": temp, "momentum": self._now["momentum"], "weight_decay": self._now["weight_decay"]}
+        self.history.append(stats)
+        return total, stats
+
+    def after_step(self, step: int) -> dict:
+        ema_update(self.teacher, self.student, self._now["momentum"])
+        return {}
+
+    # ---------------------------------------------------------------- validation, verdict, saving
+    @torch.no_grad()
+    def validate(self, loader: DataLoader) -> dict:
+        """DINO loss of the teacher vs the student on two fixed global views of each validation image (no masks),
+        and the teacher's entropy there: a validation loss comparable between epochs."""
+        self.student.eval()
+        g = torch.Generator().manual_seed(12345)
+        losses, ents = [], []
+        temp = self.d.teacher_temp
+        for batch in loader:
+            if batch["images"].shape[0] < 2:
+                continue
+            im = self.model.cfg.image
+            views = [to_model_input(v, im.mean, im.std, im.in_chans) for v in
+                     multicrop(batch["images"].to(self.device), g, MultiCropParams(**{
+                         **self.crops.__dict__, "n_local": 0}))]
+            t = self.teacher.dino_head(self.teacher.tokens(torch.cat(views))[0]).float()
+            probs = torch.softmax((t - self.module.center) / temp, -1) if self.d.centering == "center" \
+                else sinkhorn_knopp(t, temp)
+            s = self.student.dino_head(self.student.tokens(torch.cat(views))[0]).float()
+            losses.append(float(dino_loss(list(s.chunk(2)), list(probs.chunk(2)), self.d.student_temp)))
+            ents.append(float(entropy(probs)))
+        self.student.train()
+        if not losses:
+            return {}
+        return {"val_loss": all_reduce_mean(sum(losses) / len(losses), self.dist, self.device),
+                "val_teacher_entropy": sum(ents) / len(ents)}
+
+    def learning(self, losses: list[float], warned_at: dict | None, val: dict | None) -> dict:
+        """Collapse shows in the teacher: one prototype for everything (entropy 0, a single prototype in use) or the
+        same flat distribution for every image (entropy log K)."""
+        recent = self.history[-20:]
+        log_k = math.log(self.d.prototypes)
+        ent = float(np.mean([r["teacher_entropy"] for r in recent])) if recent else float("nan")
+        used = float(np.mean([r["prototypes_in_use"] for r in recent])) if recent else float("nan")
+        collapsed = bool(recent) and (ent > 0.98 * log_k or used <= 1.0 / self.d.prototypes)
+        out = {"teacher_entropy": round(ent, 4), "log_prototypes": round(log_k, 4), "prototypes_in_use": round(used, 4),
+               "collapsed": collapsed, "warned": warned_at}
+        if collapsed:
+            fixes = ("the same flat distribution for every image; likely fixes: fewer prototypes, dino.centering "
+                     "center, a lower teacher temperature" if ent > 0.98 * log_k else
+                     "one prototype for every image; likely fixes: dino.centering sinkhorn, a longer teacher "
+                     "temperature warm-up, a lower --lr")
+            out["message"] = (f"the teacher's entropy ended at {ent:.3f} of log K = {log_k:.3f} with {used:.1%} of the "
+                              f"prototypes in use: collapsed to {fixes}")
+        return out
+
+    def save(self, run: Path) -> None:
+        """The run's image tower is the teacher's backbone; its DINO head goes beside it (DINOv2's key layout)."""
+        teacher_model = ImageModel(self.model.cfg, self.teacher.backbone)
+        save_model(teacher_model, run)
+        state = {}
+        for k, v in self.teacher.dino_head.state_dict().items():
+            k = (k.replace("last_layer.parametrizations.weight.original0", "last_layer.weight_g")
+                  .replace("last_layer.parametrizations.weight.original1", "last_layer.weight_v"))
+            state[k] = v.detach().cpu().contiguous()
+        save_file(state, str(run / HEAD_FILE))

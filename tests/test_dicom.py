@@ -1,0 +1,275 @@
+"""DICOM and high-bit-depth images: the pixel pipeline against hand-made twins, every bad kind of file as a counted
+skip or one line, and no identifying tag value in anything the commands write. The DICOMs are made here with
+pydicom from the shared covid-cxr PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from convirt_cli.cli.main import app
+from convirt_cli.torchfree import dicom
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.imageio import load_gray
+from convirt_cli.torchfree.window import dicom_linear, parse_window, to_uint8, to_unit
+
+pydicom = pytest.importorskip("pydicom")
+from conftest import COVID
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
+
+runner = CliRunner()
+DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+SECRETS = {"name": "Doe^Jane", "pid": "MRN-0042917", "birth": "19790314"}
+
+
+def _gray(i: int, side: int = 160) -> np.ndarray:
+    path = sorted((COVID.parent / "images").glob("*.png"))[i]
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L").resize((side, side)), dtype=np.uint8)
+
+
+def write_dicom(path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits=8, slope=None, intercept=None,
+                window=None, patient=SECRETS["pid"], sex="F", age="045Y", compress=None, sop=DX, frames=1,
+                rgb=False, pixel_data=True):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = SECRETS["name"], patient, SECRETS["birth"]
+    ds.PatientSex, ds.PatientAge, ds.StudyDate = sex, age, "20240601"
+    ds.Modality, ds.ViewPosition, ds.InstitutionName = "DX", "PA", "St Elsewhere"
+    if pixel_data:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel = 3 if rgb else 1
+        ds.PhotometricInterpretation = "RGB" if rgb else photometric
+        if rgb:
+            ds.PlanarConfiguration = 0
+        ds.BitsAllocated = 8 if bits <= 8 else 16
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        if slope is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        if window is not None:
+            ds.WindowCenter, ds.WindowWidth = window
+        ds.PixelData = pixels.astype(np.uint8 if bits <= 8 else np.uint16).tobytes()
+        if compress is not None:
+            ds.compress(compress)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def monochrome1_twin(p: np.ndarray) -> tuple[np.ndarray, float, float, tuple[float, float]]:
+    """12-bit MONOCHROME1 stored values with slope 2 / intercept -1024 and a window under which they show exactly
+    the 8-bit MONOCHROME2 image p: modality value x = -1000 + 16 (255 - p); window centre 1040.5, width 4081 maps x
+    to (x + 1000) / 16 = 255 - p (DICOM's linear function); MONOCHROME1 inverts that to p."""
+    stored = 12 + 8 * (255 - p.astype(np.int64))
+    return stored, 2.0, -1024.0, (1040.5, 4081.0)
+
+
+# ---------------------------------------------------------------- window policies, by hand
+
+def test_window_policies_by_hand():
+    v = np.array([[0.0, 100.0], [200.0, 1000.0]])
+    assert np.allclose(to_unit(v, "minmax"), [[0, 0.1], [0.2, 1]])
+    # DICOM linear, by hand: y = (x - 99.5) / 200 + 0.5 -> 0.0025, 0.5025, 1.0025 (clipped to 1), 4.5 (clipped)
+    assert np.allclose(to_unit(v, "fixed:100,201"), [[0.0025, 0.5025], [1, 1]])
+    lo, hi = np.percentile(v, [25, 75])
+    assert np.allclose(to_unit(v, "percentile:25,75"), np.clip((v - lo) / (hi - lo), 0, 1))
+    assert np.allclose(to_unit(v, "auto", file_window=(100, 201)), dicom_linear(v, 100, 201))
+    assert np.allclose(to_unit(np.array([[0.0, 51.0, 255.0]]), "auto", eight_bit=True), [[0, 0.2, 1]])
+    assert to_unit(np.full((3, 3), 7.0), "minmax").max() == 0  # a flat image is black, never NaN
+    assert np.array_equal(to_uint8(v, "minmax", invert=True), [[255, 230], [204, 0]])
+    for bad in ("percentile:99,1", "fixed:40,0", "linear", "minmax:3"):
+        with pytest.raises(ValueError, match="expected one of auto, minmax"):
+            parse_window(bad)
+    r = runner.invoke(app, ["pretrain", "x", "--window", "percentile:5"])
+    assert isinstance(r.exception, ConvirtError) and str(r.exception).startswith("--window percentile:5"), r.output
+
+
+def test_16bit_png_gives_the_8bit_input_under_minmax(tmp_path):
+    p = _gray(0)
+    Image.fromarray(p).save(tmp_path / "a8.png")
+    Image.fromarray(p.astype(np.uint16) * 257).save(tmp_path / "a16.png")
+    with Image.open(tmp_path / "a16.png") as im:
+        assert im.mode.startswith("I")
+    a8 = load_gray(tmp_path / "a8.png", 96, "minmax").astype(int)
+    a16 = load_gray(tmp_path / "a16.png", 96, "minmax").astype(int)
+    assert np.abs(a8 - a16).max() <= 1
+    # auto: a 16-bit image is windowed (percentiles), not clipped to white by an 8-bit conversion
+    auto16 = load_gray(tmp_path / "a16.png", 96)
+    assert (auto16 == 255).mean() < 0.05 and np.corrcoef(auto16.ravel(), a8.ravel())[0, 1] > 0.95
+
+
+# ---------------------------------------------------------------- DICOM pixels
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("twins")
+    p = _gray(1)
+    stored, slope, intercept, window = monochrome1_twin(p)
+    write_dicom(tmp / "m2.dcm", p)
+    write_dicom(tmp / "m1.dcm", stored, photometric="MONOCHROME1", bits=12, slope=slope, intercept=intercept,
+                window=window)
+    write_dicom(tmp / "j2k.dcm", p, compress=JPEG2000Lossless)
+    write_dicom(tmp / "rle.dcm", stored, photometric="MONOCHROME1", bits=12, slope=slope, intercept=intercept,
+                window=window, compress=RLELossless)
+    (tmp / "noext").write_bytes((tmp / "m2.dcm").read_bytes())  # PACS exports often have no extension
+    Image.fromarray(p).save(tmp / "png.png")
+    return tmp, p
+
+
+def test_monochrome1_twin_compressed_and_extensionless_give_the_same_input(twins):
+    tmp, p = twins
+    assert np.array_equal(dicom.read_gray(tmp / "m2.dcm"), p)
+    assert np.array_equal(dicom.read_gray(tmp / "m1.dcm"), p)
+    for name in ("m1.dcm", "j2k.dcm", "rle.dcm", "noext"):
+        assert np.array_equal(load_gray(tmp / name, 64), load_gray(tmp / "png.png", 64)), name
+    ds = pydicom.dcmread(tmp / "j2k.dcm")
+    assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+
+
+def test_twins_embed_the_same_through_torch_and_onnxruntime(twins, tiny_run, tmp_path):
+    tmp, _ = twins
+    r = runner.invoke(app, ["export", str(tiny_run), "--onnx", "--out", str(tmp_path / "onnx")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "onnx" / "preprocess.json").read_text())["window"] == "auto"
+    embs = {}
+    for backend, model in (("torch", tiny_run), ("onnx", tmp_path / "onnx")):
+        out = tmp_path / f"idx-{backend}"
+        inputs = tmp_path / f"list-{backend}.txt"
+        inputs.write_text("".join(f"{tmp / n}\n" for n in ("m2.dcm", "m1.dcm", "j2k.dcm", "png.png")))
+        r = runner.invoke(app, ["embed", str(inputs), "--model", str(model), "--backend", backend, "--kind", "image",
+                                "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        embs[backend] = np.load(out / "embeddings.npy")
+        assert len(embs[backend]) == 4
+    for e in embs.values():
+        assert np.allclose(e[0], e[1], atol=1e-5) and np.allclose(e[0], e[2], atol=1e-5)
+    assert np.allclose(embs["torch"], embs["onnx"], atol=2e-3)
+
+
+# ---------------------------------------------------------------- bad files
+
+@pytest.fixture(scope="module")
+def bad_dicoms(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    p = _gray(2, 64)
+    good = write_dicom(tmp / "good.dcm", p)
+    write_dicom(tmp / "sr.dcm", p, sop=BASIC_TEXT_SR, pixel_data=False)
+    write_dicom(tmp / "rgb.dcm", np.stack([p] * 3, -1), rgb=True)
+    write_dicom(tmp / "cine.dcm", np.stack([p, p]), frames=2)
+    raw = good.read_bytes()
+    (tmp / "cut.dcm").write_bytes(raw[: len(raw) - 2000])
+    ds = pydicom.dcmread(good)  # a syntax no installed plugin decodes (MPEG-2 video)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.save_as(tmp / "mpeg.dcm", enforce_file_format=True)
+    return tmp
+
+
+REASONS = {"sr.dcm": "DICOM without pixel data (Basic Text SR Storage)", "rgb.dcm": "colour DICOM (RGB)",
+           "cine.dcm": "multi-frame DICOM (2 frames)", "cut.dcm": "truncated DICOM",
+           "mpeg.dcm": "compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed"}
+
+
+@pytest.mark.parametrize("name", sorted(REASONS))
+def test_each_bad_dicom_is_one_line_for_a_single_image(bad_dicoms, name):
+    with pytest.raises(dicom.DicomError) as e:
+        dicom.check(bad_dicoms / name) if name != "mpeg.dcm" else dicom.read_gray(bad_dicoms / name)
+    assert str(e.value).startswith(REASONS[name]), str(e.value)
+    if name == "mpeg.dcm":
+        assert "pip install pylibjpeg" in str(e.value)
+
+
+def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_path):
+    r = runner.invoke(app, ["embed", str(bad_dicoms), "--model", str(tiny_run), "--backend", "torch", "--kind",
+                            "image", "--out", str(tmp_path / "idx")])
+    assert r.exit_code == 0, r.output
+    items = [json.loads(x) for x in (tmp_path / "idx" / "items.jsonl").read_text().splitlines()]
+    assert [it["path"].rsplit("/", 1)[1] for it in items] == ["good.dcm"]
+    assert "5 skipped" in r.output or "skipped 5" in r.output, r.output
+    more = tmp_path / "more"  # pretrain: the same files are counted skips, by reason, in summary.json
+    more.mkdir()
+    for i in range(3):
+        write_dicom(more / f"ok{i}.dcm", _gray(3 + i, 64))
+    for name in REASONS:
+        (more / name).write_bytes((bad_dicoms / name).read_bytes())
+    r = runner.invoke(app, ["pretrain", str(tmp_path / "more"), "--objective", "simclr", "--model", "tiny",
+                            "--max-steps", "1", "--batch-size", "2", "--image-size", "32", "--val-fraction", "0",
+                            "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
+    assert data["found"] == 8 and data["usable"] == 4, data
+    assert sorted(k.split(" (")[0].split(";")[0] for k in data["skipped"]) == sorted(
+        ["DICOM without pixel data", "colour DICOM", "multi-frame DICOM", "truncated DICOM"]), data
+    # the MPEG-2 file passes the header check; its pixels fail at decode time and are counted as bad images
+    r = runner.invoke(app, ["retrieve", "--image", str(bad_dicoms / "rgb.dcm"), "--index", str(tmp_path / "idx")])
+    assert isinstance(r.exception, ConvirtError) and "rgb.dcm: cannot read it" in str(r.exception), r.output
+    assert "colour DICOM (RGB)" in str(r.exception)
+
+
+# ---------------------------------------------------------------- a DICOM folder, no table; privacy
+
+@pytest.fixture(scope="module")
+def dicom_folder(tmp_path_factory):
+    """24 images of 6 patients (ids, names and birth dates that must never appear in an output), sex alternating
+    by patient, ages 30-80."""
+    tmp = tmp_path_factory.mktemp("dcm") / "archive"
+    for i in range(24):
+        patient = i // 4
+        sub = tmp / f"p{patient}"
+        sub.mkdir(parents=True, exist_ok=True)
+        write_dicom(sub / f"{i:03d}.dcm", _gray(i, 96), patient=f"{SECRETS['pid']}-{patient}",
+                    sex="MF"[patient % 2], age=f"{30 + 10 * patient:03d}Y")
+    return tmp
+
+
+def test_dicom_metadata_is_allow_listed(dicom_folder):
+    cols = dicom.columns(dicom_folder / "p1" / "004.dcm")
+    assert cols == {"patient": dicom.patient_hash(f"{SECRETS['pid']}-1"), "sex": "F", "age": "40", "view": "PA",
+                    "modality": "DX", "body_part": ""}
+    assert set(cols) == set(dicom.ALLOWED_TAGS)
+
+
+def test_dicom_folder_pretrain_finetune_embed_leak_nothing(dicom_folder, tmp_path):
+    runs = tmp_path / "runs"
+    r = runner.invoke(app, ["pretrain", str(dicom_folder), "--objective", "simclr", "--model", "tiny",
+                            "--max-steps", "2", "--batch-size", "4", "--image-size", "64", "--window", "minmax",
+                            "--out", str(tmp_path / "run"), "--runs-dir", str(runs), "--device", "cpu"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["split"] == "by patient ('patient')", summary["data"]  # the hashed id
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["image"]["window"] == "minmax"
+    r = runner.invoke(app, ["export", str(tmp_path / "run"), "--onnx"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "onnx" / "preprocess.json").read_text())["window"] == "minmax"
+    r = runner.invoke(app, ["embed", str(dicom_folder), "--model", str(tmp_path / "run" / "onnx"),
+                            "--out", str(tmp_path / "idx")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["retrieve", "--image", str(dicom_folder / "p0" / "000.dcm"), "--index",
+                            str(tmp_path / "idx"), "--format", "html", "--out", str(tmp_path / "gallery.html")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["finetune", str(dicom_folder), "--label", "sex", "--init", str(tmp_path / "run"),
+                            "--bootstrap", "0", "--no-save-models", "--out", str(tmp_path / "ft")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 10
+    for p in written:
+        data = p.read_bytes()
+        for what, value in SECRETS.items():
+            assert value.encode() not in data, (p, what)
+        assert b"St Elsewhere" not in data, p

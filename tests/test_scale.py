@@ -1,0 +1,158 @@
+"""Scale: GradCache (--accum-steps) gives the loss and the update of the whole batch at once; gradient
+checkpointing gives the same loss and gradients as without; precision flags; refusals in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import COVID
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from convirt_cli.cli.main import app
+from convirt_cli.torch.losses import convirt_loss
+from convirt_cli.torch.train.gradcache import cached_backward, split
+from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.registry import get_model_config
+
+runner = CliRunner()
+
+
+def no_batchnorm_preset(tmp_path) -> str:
+    """tiny's text tower and heads over dino-tiny's ViT (layer norm: sub-batches do not change its outputs), no
+    dropout or stochastic depth (their random masks are drawn per forward): every difference left is the method's."""
+    cfg = get_model_config("tiny")
+    image = get_model_config("dino-tiny").image
+    image = image.model_copy(update={"kwargs": image.kwargs | {"drop_path_rate": 0.0, "depth": 2}})
+    text = cfg.text.model_copy(update={"hf_config": cfg.text.hf_config | {"hidden_dropout_prob": 0.0,
+                                                                          "attention_probs_dropout_prob": 0.0}})
+    path = tmp_path / "nobn.json"
+    path.write_text(cfg.model_copy(update={"name": "nobn", "image": image, "text": text}).model_dump_json())
+    return str(path)
+
+
+def test_split_covers_every_row():
+    assert split(10, 3) == [slice(0, 4), slice(4, 7), slice(7, 10)]
+    assert split(3, 8) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+def test_cached_backward_matches_the_whole_batch():
+    """A toy pair of towers with dropout: the same loss and parameter gradients as one forward over all rows."""
+    torch.manual_seed(0)
+    img = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 4))
+    txt = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 4))
+    x, t = torch.randn(12, 6), torch.randn(12, 5)
+    params = list(img.parameters()) + list(txt.parameters())
+
+    def embed(xc, tc):
+        return img(xc), txt(tc)
+
+    def loss_fn(v, u):
+        return convirt_loss(v, u, 0.1, 0.75)
+
+    torch.manual_seed(1)  # dropout masks drawn chunk by chunk, as GradCache draws them
+    chunks = [(x[s], t[s]) for s in split(12, 3)]
+    loss = cached_backward(chunks, embed, loss_fn)
+    cached = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    torch.manual_seed(1)
+    outs = [embed(*c) for c in chunks]  # the same masks, with a graph through every chunk at once
+    ref = loss_fn(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]))
+    ref.backward()
+    assert torch.allclose(loss, ref.detach(), atol=1e-6)
+    for a, p in zip(cached, params):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_accum_steps_equals_the_big_batch(tmp_path):
+    """One optimisation step: --accum-steps 2 --batch-size 8 gives the loss and updated weights of --batch-size 16
+    (same rows, same augmentations: the step's generator is seeded the same)."""
+    preset = no_batchnorm_preset(tmp_path)
+    weights = {}
+    for name, bs, k in (("big", 16, 1), ("cached", 8, 2)):
+        r = runner.invoke(app, ["pretrain", str(COVID), "--text-col", "report", "--model", preset,
+                                "--batch-size", str(bs), "--accum-steps", str(k), "--max-steps", "1",
+                                "--image-size", "32", "--lr", "1e-3", "--warmup-steps", "0", "--out",
+                                str(tmp_path / name), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"])
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        rec = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["batch_size"] == 16
+        weights[name] = (rec["loss"], load_file(tmp_path / name / "image" / "model.safetensors"),
+                         load_file(tmp_path / name / "heads.safetensors"))
+    (l1, i1, h1), (l2, i2, h2) = weights["big"], weights["cached"]
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    for a, b in ((i1, i2), (h1, h2)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    from convirt_cli.torch.model import create_model
+
+    cfg = get_model_config("tiny")
+    texts = ["left pleural effusion. heart normal.", "no acute disease."] * 4
+    model = create_model(cfg, texts=texts).train()
+    tok = model.tokenizer(texts, padding=True, return_tensors="pt")
+    x = torch.randn(8, 3, 64, 64)
+    results = []
+    for on in (False, True):
+        model.set_grad_checkpointing(on)
+        model.zero_grad()
+        torch.manual_seed(3)  # dropout masks: the recomputation replays them
+        v, u = model(x, tok["input_ids"], tok["attention_mask"])
+        loss = convirt_loss(v, u, 0.1, 0.75)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = results
+    assert l0 == pytest.approx(l1, abs=1e-6) and g0.keys() == g1.keys() and len(g0) > 10
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], atol=1e-5), n
+
+
+def test_scale_flags_run_and_refuse_in_one_line(tmp_path):
+    r = runner.invoke(app, ["pretrain", str(COVID), "--text-col", "report", "--batch-size", "4", "--max-steps", "2",
+                            "--image-size", "32", "--grad-checkpointing", "--precision", "bf16", "--channels-last",
+                            "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["precision"] == "bf16" and saved["grad_checkpointing"] and saved["sources"]["precision"] == "flag"
+    r = runner.invoke(app, ["pretrain", str(COVID), "--objective", "dino", "--accum-steps", "2",
+                            "--runs-dir", str(tmp_path / "runs2")])
+    assert isinstance(r.exception, ConvirtError) and "DINO's loss has no in-batch negatives" in str(r.exception)
+    r = runner.invoke(app, ["pretrain", str(COVID), "--precision", "fp8"])
+    assert isinstance(r.exception, ConvirtError) and str(r.exception).startswith("--precision fp8"), r.output
+
+
+def test_embed_in_three_parts_and_merge_equals_one_embed(tiny_export, tmp_path):
+    """`embed --num-shards 3 --shard-index I` three times + `index merge` = one `embed` of the whole input, row for
+    row (ids, paths, sources, embeddings); a missing part and parts of another model are one line each."""
+    import numpy as np
+    from conftest import EXAMPLES
+
+    table = EXAMPLES / "pairs.csv"
+    common = ["--model", str(tiny_export), "--kind", "image", "--runs-dir", str(tmp_path / "runs")]
+    r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / "whole"), *common])
+    assert r.exit_code == 0, r.output
+    for i in range(3):
+        r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / f"part{i}"), "--num-shards", "3",
+                                "--shard-index", str(i), *common])
+        assert r.exit_code == 0, r.output
+    parts = [str(tmp_path / f"part{i}") for i in (2, 0, 1)]  # any order
+    r = runner.invoke(app, ["index", "merge", *parts, "--out", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    whole, merged = tmp_path / "whole", tmp_path / "merged"
+    assert (whole / "items.jsonl").read_text() == (merged / "items.jsonl").read_text()
+    assert np.allclose(np.load(whole / "embeddings.npy"), np.load(merged / "embeddings.npy"), atol=1e-5)
+    meta = json.loads((merged / "index.json").read_text())
+    assert meta["count"] == 600 and meta["next_id"] == 600
+    r = runner.invoke(app, ["index", "merge", parts[0], parts[1], "--out", str(tmp_path / "bad")])
+    assert isinstance(r.exception, ConvirtError) and str(r.exception).endswith("parts [0, 2] of 3: part(s) [1] missing")
+    r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / "p"), "--num-shards", "3",
+                            "--shard-index", "3", *common])
+    assert isinstance(r.exception, ConvirtError) and "--shard-index 3 is not one of 0..2" in str(r.exception)
