@@ -156,3 +156,34 @@ def test_embed_in_three_parts_and_merge_equals_one_embed(tiny_export, tmp_path):
     r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / "p"), "--num-shards", "3",
                             "--shard-index", "3", *common])
     assert isinstance(r.exception, ConvirtError) and "--shard-index 3 is not one of 0..2" in str(r.exception)
+
+
+@pytest.mark.slow
+def test_accum_steps_under_two_process_torchrun(tmp_path):
+    """2 gloo processes: --accum-steps 2 --batch-size 4 per process gives the loss and update of --batch-size 8
+    per process (global contrastive batch 16 either way; each process augments its 8 rows the same way)."""
+    import os
+    import subprocess
+    import sys
+
+    preset = no_batchnorm_preset(tmp_path)
+    weights = {}
+    for name, bs, k in (("big", 8, 1), ("cached", 4, 2)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "convirt_cli", "pretrain", str(COVID), "--text-col", "report", "--model", preset, "--batch-size",
+               str(bs), "--accum-steps", str(k), "--max-steps", "1", "--image-size", "32", "--lr", "1e-3",
+               "--warmup-steps", "0", "--out", str(tmp_path / name), "--runs-dir", str(tmp_path / "runs"),
+               "--device", "cpu"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, p.stderr[-3000:]
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["batch_size"] == 16
+        rec = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+        weights[name] = (rec["loss"], load_file(tmp_path / name / "heads.safetensors"),
+                         load_file(tmp_path / name / "image" / "model.safetensors"))
+    (l1, h1, i1), (l2, h2, i2) = weights["big"], weights["cached"]
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    for a, b in ((h1, h2), (i1, i2)):
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-5), key
