@@ -279,7 +279,7 @@ class IndexBuildConfig(Config):
 
     index: Path | None = None
     faiss: bool = True
-    kind: Literal["hnsw", "ivf", "flat"] = "hnsw"
+    kind: Literal["auto", "hnsw", "ivf", "ivfpq", "flat"] = "auto"
     nlist: Positive | None = None
     m: Annotated[int, Field(ge=2)] = 32
     ef_search: Positive = 128

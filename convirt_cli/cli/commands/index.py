@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, help="Manage search indexes made by `con
 def build(
     index: Annotated[Path | None, typer.Argument(help="Index folder (default: the last one embedded).")] = None,
     faiss: Annotated[bool | None, typer.Option("--faiss", help="Build a FAISS index (needs pip install 'convirt[faiss]').")] = None,
-    kind: Annotated[str | None, typer.Option(help="hnsw | ivf | flat")] = None,
+    kind: Annotated[str | None, typer.Option(help="auto (HNSW while an exact scan is under ~2 GiB, else IVF-PQ) | hnsw | ivf | ivfpq | flat")] = None,
     nlist: Annotated[int | None, typer.Option(help="ivf: number of lists (default ~4 sqrt(N)).")] = None,
     m: Annotated[int | None, typer.Option(help="hnsw: neighbours per node.")] = None,
     ef_search: Annotated[int | None, typer.Option(help="hnsw: search breadth.")] = None,
@@ -36,7 +36,7 @@ def build(
     idx = open_index(cfg.index or latest_index(cfg.runs_dir))
     info = build_faiss(idx, cfg.kind, cfg.nlist, cfg.m, cfg.ef_search, cfg.nprobe)
     print(json.dumps(info))
-    print(f"faiss {cfg.kind} index of {info['count']} items in {idx.path}: recall@10 vs exact "
+    print(f"faiss {info['kind']} index ({info['chosen']}) of {info['count']} items in {idx.path}: recall@10 vs exact "
           f"{info['recall_at_10']:.3f}", file=sys.stderr)
 
 

@@ -238,8 +238,18 @@ def latest_index(runs_dir: Path) -> Path:
                        "or pass --index DIR")
 
 
-def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: int = 32, ef_search: int = 128,
-                nprobe: int = 16, sample: int = 1000, seed: int = 0) -> dict:
+# exact search scans ~20 GB/s per query on one socket (RESULTS.md, retrieve_bench): 2 GiB is ~0.1 s, the edge of
+# interactive; above it `--kind auto` compresses (IVF-PQ) so memory and time per query shrink together
+EXACT_MAX_BYTES = 2 << 30
+
+
+def choose_kind(n: int, d: int, exact_max_bytes: int = EXACT_MAX_BYTES) -> str:
+    """auto: HNSW over the full vectors while an exact scan is still interactive, IVF-PQ above that."""
+    return "ivfpq" if n * d * 4 > exact_max_bytes else "hnsw"
+
+
+def build_faiss(index: Index, kind: str = "auto", nlist: int | None = None, m: int = 32, ef_search: int = 128,
+                nprobe: int = 16, sample: int = 1000, seed: int = 0, exact_max_bytes: int = EXACT_MAX_BYTES) -> dict:
     """Write faiss.index (+ faiss.json with its recall@10 against exact search on `sample` item queries).
 
     The queries are indexed items, so each query's own row is dropped from both result lists (leave-one-out):
@@ -254,6 +264,10 @@ def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: i
     if n == 0:
         raise ConvirtError(f"{index.path}: empty index")
     x = np.ascontiguousarray(index.embeddings, dtype=np.float32)
+    chosen_by = "given"
+    if kind == "auto":
+        kind, chosen_by = choose_kind(n, d, exact_max_bytes), f"auto (exact scan {n * d * 4 / 2**30:.2f} GiB)"
+    pq_bytes = None
     if kind == "flat":
         fi = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
@@ -264,8 +278,17 @@ def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: i
         fi = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         fi.train(x)
         fi.nprobe = min(nprobe, nlist)
+    elif kind == "ivfpq":  # d/8 sub-quantisers of 8 bits: 1/32 of the float32 vectors' memory
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+        pq_bytes = next(b for b in (d // 8, d // 4, d // 2, d) if b > 0 and d % b == 0)
+        fi = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+        if n < 256:
+            raise ConvirtError(f"--kind ivfpq needs at least 256 items to train its codebooks ({n} here); "
+                               "use --kind hnsw")
+        fi.train(x[np.random.default_rng(seed).choice(n, size=min(n, 256 * max(nlist, 39)), replace=False)])
+        fi.nprobe = min(max(nprobe, 32), nlist)
     else:
-        raise ConvirtError(f"--kind {kind}: expected flat, hnsw or ivf")
+        raise ConvirtError(f"--kind {kind}: expected auto, flat, hnsw, ivf or ivfpq")
     fi.add(x)
     rng = np.random.default_rng(seed)
     qi = rng.choice(n, size=min(sample, n), replace=False)
@@ -282,8 +305,9 @@ def build_faiss(index: Index, kind: str = "hnsw", nlist: int | None = None, m: i
     tmp = index.path / f".{FAISS_FILE}.tmp"
     faiss.write_index(fi, str(tmp))
     os.replace(tmp, index.path / FAISS_FILE)
-    info = {"kind": kind, "count": n, "recall_at_10": recall, "queries": len(qi), "nlist": nlist, "m": m,
-            "ef_search": ef_search, "nprobe": nprobe, "fingerprint": index.meta["fingerprint"]}
+    info = {"kind": kind, "chosen": chosen_by, "count": n, "recall_at_10": recall, "queries": len(qi),
+            "nlist": nlist, "m": m, "ef_search": ef_search, "nprobe": getattr(fi, "nprobe", nprobe),
+            "pq_bytes_per_vector": pq_bytes, "fingerprint": index.meta["fingerprint"]}
     write_json(index.path / FAISS_META, info)
     return info
 
