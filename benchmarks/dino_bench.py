@@ -35,18 +35,18 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-class Timer:
-    def __init__(self):
-        self.stamps: list[float] = []
+def make_timer():
+    """A reporter that stamps each step, so steady-state throughput excludes start-up."""
+    from convirt_cli.torch.train.loop import NullReporter
 
-    def data_summary(self, *a): pass
-    def start(self, *a): pass
-    def epoch(self, *a): pass
-    def end(self, *a): pass
-    def warn(self, *a): pass
+    class Timer(NullReporter):
+        def __init__(self):
+            self.stamps: list[float] = []
 
-    def step(self, step, m):
-        self.stamps.append(time.perf_counter())
+        def step(self, step, metrics):
+            self.stamps.append(time.perf_counter())
+
+    return Timer()
 
 
 def run_convirt(args, full: bool) -> dict:
@@ -59,7 +59,7 @@ def run_convirt(args, full: bool) -> dict:
         preset = Path(tmp) / "preset.json"
         d = cfg.dino.model_dump() | ({} if full else {"ibot_weight": 0.0, "koleo_weight": 0.0})
         preset.write_text(cfg.model_copy(update={"dino": cfg.dino.model_copy(update=d)}).model_dump_json())
-        timer = Timer()
+        timer = make_timer()
         pretrain(PretrainConfig(data=Path(args.data), objective="dino", model=str(preset), batch_size=args.batch_size,
                                 max_steps=args.steps + args.warmup, epochs=1000, out=Path(tmp) / "run",
                                 runs_dir=Path(tmp) / "runs", device=args.device, plot=False, num_workers=0,

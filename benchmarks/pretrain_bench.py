@@ -19,19 +19,18 @@ from pathlib import Path
 import torch
 
 
-class Timer:
-    """Reporter that stamps each step so the loop's steady-state throughput excludes start-up."""
+def make_timer():
+    """A reporter that stamps each step, so steady-state throughput excludes start-up."""
+    from convirt_cli.torch.train.loop import NullReporter
 
-    def __init__(self):
-        self.stamps = []
+    class Timer(NullReporter):
+        def __init__(self):
+            self.stamps: list[float] = []
 
-    def data_summary(self, *a): pass
-    def start(self, *a): pass
-    def epoch(self, *a): pass
-    def end(self, *a): pass
+        def step(self, step, metrics):
+            self.stamps.append(time.perf_counter())
 
-    def step(self, step, m):
-        self.stamps.append(time.perf_counter())
+    return Timer()
 
 
 def bare(model, batch_size: int, size: int, steps: int, warmup: int) -> float:
@@ -77,7 +76,7 @@ def main() -> None:
                              max_steps=args.steps + args.warmup, epochs=1000, out=Path(tmp) / "run",
                              runs_dir=Path(tmp) / "runs", device="cpu", plot=False,
                              num_workers=args.num_workers, checkpoint_every=0)
-        timer = Timer()
+        timer = make_timer()
         run = pretrain(cfg, timer)
         s = timer.stamps
         loop_sps = args.steps * args.batch_size / (s[-1] - s[args.warmup - 1])

@@ -15,7 +15,7 @@ from convirt_cli.cli.main import app
 from convirt_cli.torchfree import dicom
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.imageio import load_gray
-from convirt_cli.torchfree.window import dicom_linear, parse_window, to_uint8, to_unit
+from convirt_cli.torchfree.window import dicom_linear, parse_window, stored_to_uint8, to_uint8, to_unit
 
 pydicom = pytest.importorskip("pydicom")
 from conftest import COVID
@@ -98,6 +98,18 @@ def test_window_policies_by_hand():
             parse_window(bad)
     r = runner.invoke(app, ["pretrain", "x", "--window", "percentile:5"])
     assert isinstance(r.exception, ConvirtError) and str(r.exception).startswith("--window percentile:5"), r.output
+
+
+@pytest.mark.parametrize("spec", ["auto", "minmax", "percentile:2,98", "fixed:300,900"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_lookup_table_path_equals_the_direct_windowing(spec, dtype):
+    """The fast path (a table over the stored levels) gives the pixels of windowing every value directly."""
+    rng = np.random.default_rng(1)
+    stored = rng.integers(-800 if dtype == np.int16 else 0, 4096, (300, 200)).astype(dtype)
+    for slope, intercept, fw in ((1.0, 0.0, None), (2.0, -1024.0, (40.0, 400.0)), (-1.0, 100.0, None)):
+        direct = to_uint8(stored * slope + intercept, spec, fw, invert=True)
+        assert np.array_equal(stored_to_uint8(stored, spec, fw, invert=True, slope=slope, intercept=intercept),
+                              direct), (spec, slope)
 
 
 def test_16bit_png_gives_the_8bit_input_under_minmax(tmp_path):

@@ -21,6 +21,7 @@ from convirt_cli.torchfree.errors import ConvirtError
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "pretrain": ("pretrain", "pretrain", True),
     "finetune": ("finetune", "finetune", True),
+    "shard": ("shard", "shard", True),
     "export": ("export", "export", False),
     "embed": ("embed", "embed", True),
     "retrieve": ("retrieve", "retrieve", True),

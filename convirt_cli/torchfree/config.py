@@ -131,6 +131,20 @@ class PretrainConfig(DataSettings):
     _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
 
 
+class ShardConfig(DataSettings):
+    """`convirt shard`: rows -> WebDataset tar shards, validated, split and (optionally) downscaled once."""
+
+    section: ClassVar[str] = "shard"
+
+    data: Path
+    out: Path
+    text_col: str | None = "text"  # None: image-only shards (for --objective dino / simclr)
+    per_shard: Positive = 1000
+    max_side: Annotated[int, Field(ge=16)] | None = None  # downscale larger images once (later epochs skip it)
+    window: str = "auto"  # DICOM / high-bit images are stored as windowed 8-bit PNG
+    _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
+
+
 # what a preset's `train` section may set: the recipe, not the data or where things go
 RECIPE_KEYS = ("objective", "text_view", "epochs", "min_steps", "max_steps", "batch_size", "lr", "weight_decay", "schedule",
                "warmup_steps", "grad_clip", "image_size", "window", "tau", "lam")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convirt_cli.torchfree.window import parse_window, to_uint8
+from convirt_cli.torchfree.window import lut_friendly, parse_window, stored_to_uint8, to_uint8
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 # output column -> the DICOM keyword it comes from (PatientID only as a one-way hash)
@@ -125,17 +125,18 @@ def read_gray(path: str | Path, window: str = "auto") -> np.ndarray:
         raise DicomError(f"unreadable DICOM pixel data (truncated or damaged: {type(e).__name__})") from None
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = apply_modality_lut(stored, ds)
     invert = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1"
     fw = file_window(ds) if kind == "auto" else None
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    eight_bit = int(ds.get("BitsStored", 16) or 16) <= 8 and slope == 1 and intercept == 0
     if kind == "auto" and fw is None and "VOILUTSequence" in ds:  # a lookup table instead of a window
         lut = ds.VOILUTSequence[0]
         bits = int(lut.LUTDescriptor[2]) or 16
-        unit = np.clip(apply_voi_lut(values, ds, index=0) / float(2 ** bits - 1), 0, 1)
+        unit = np.clip(apply_voi_lut(apply_modality_lut(stored, ds), ds, index=0) / float(2 ** bits - 1), 0, 1)
         return to_uint8(unit * 255.0, "auto", None, eight_bit=True, invert=invert)
-    rescaled = float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
-    eight_bit = int(ds.get("BitsStored", 16) or 16) <= 8 and not rescaled
-    return to_uint8(values, window, fw, eight_bit=eight_bit, invert=invert)
+    if "ModalityLUTSequence" not in ds and lut_friendly(stored):  # the common case: linear rescale, integers
+        return stored_to_uint8(stored, window, fw, eight_bit, invert, slope, intercept)
+    return to_uint8(apply_modality_lut(stored, ds), window, fw, eight_bit=eight_bit, invert=invert)
 
 
 def patient_hash(patient_id: str) -> str:

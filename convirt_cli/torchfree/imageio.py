@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from convirt_cli.torchfree.window import to_uint8
+from convirt_cli.torchfree.window import lut_friendly, stored_to_uint8, to_uint8
 
 PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -29,7 +29,10 @@ def open_gray(path: str | Path, window: str = "auto", draft: int | None = None) 
             return Image.fromarray(dicom.read_gray(path, window))
     with Image.open(path) as im:
         if im.mode in HIGH_BIT_MODES:
-            return Image.fromarray(to_uint8(np.asarray(ImageOps.exif_transpose(im)), window))
+            values = np.asarray(ImageOps.exif_transpose(im))
+            if lut_friendly(values):
+                return Image.fromarray(stored_to_uint8(values, window))
+            return Image.fromarray(to_uint8(values, window))
         if draft:
             im.draft("L", (draft, draft))
         im = ImageOps.exif_transpose(im).convert("L")

@@ -58,10 +58,11 @@ def _sample(values: np.ndarray) -> np.ndarray:
 
 
 def to_unit(values: np.ndarray, spec: str, file_window: tuple[float, float] | None = None,
-            eight_bit: bool = False) -> np.ndarray:
+            eight_bit: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
     """Grey values [H, W] (after the modality LUT) -> float32 in [0, 1] under policy `spec`.
 
-    file_window: the file's (centre, width) when it carries one; eight_bit: the image was stored in 8 bits."""
+    file_window: the file's (centre, width) when it carries one; eight_bit: the image was stored in 8 bits;
+    sample: the image's values to take percentiles from, when `values` are a lookup table's levels."""
     kind, (a, b) = parse_window(spec)
     values = np.asarray(values, dtype=np.float64)
     if kind == "auto":
@@ -74,14 +75,34 @@ def to_unit(values: np.ndarray, spec: str, file_window: tuple[float, float] | No
         return dicom_linear(values, a, b)
     if kind == "minmax":
         return _range(values, float(values.min()), float(values.max()))
-    lo, hi = np.percentile(_sample(values), [a, b])
+    lo, hi = np.percentile(_sample(values) if sample is None else sample, [a, b])
     return _range(values, float(lo), float(hi))
 
 
 def to_uint8(values: np.ndarray, spec: str, file_window: tuple[float, float] | None = None,
-             eight_bit: bool = False, invert: bool = False) -> np.ndarray:
+             eight_bit: bool = False, invert: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
     """The one windowing step: [H, W] grey values -> uint8 [H, W]; `invert` for MONOCHROME1 (white = low)."""
-    unit = to_unit(values, spec, file_window, eight_bit)
+    unit = to_unit(values, spec, file_window, eight_bit, sample)
     if invert:
         unit = 1.0 - unit
     return np.rint(unit * 255.0).astype(np.uint8)
+
+
+def stored_to_uint8(stored: np.ndarray, spec: str, file_window: tuple[float, float] | None = None,
+                    eight_bit: bool = False, invert: bool = False, slope: float = 1.0,
+                    intercept: float = 0.0) -> np.ndarray:
+    """The same result as to_uint8(stored * slope + intercept, ...), through a lookup table over the stored
+    integer levels: one indexing pass instead of several float passes over a 2048 x 2048 image."""
+    lo, hi = int(stored.min()), int(stored.max())
+    levels = np.arange(lo, hi + 1, dtype=np.float64) * slope + intercept
+    sample = _sample(stored).astype(np.float64) * slope + intercept
+    lut = to_uint8(levels, spec, file_window, eight_bit, invert, sample=sample)
+    index = stored.astype(np.int32) - lo if stored.dtype.kind == "i" or lo else stored
+    return lut[index]
+
+
+def lut_friendly(stored: np.ndarray) -> bool:
+    """Integer pixels whose range fits a small table (12-16-bit medical images do)."""
+    if stored.dtype.kind not in "ui" or stored.ndim != 2:
+        return False
+    return int(stored.max()) - int(stored.min()) < (1 << 17)

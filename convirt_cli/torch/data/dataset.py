@@ -80,6 +80,16 @@ class EpochSampler(Sampler[int]):
         return max(0, len(self.indices()) - self.start)
 
 
+def make_dataset(source, image_size: int, text_view: str = "report", seed: int = 0, with_text: bool = True,
+                 window: str = "auto", train: bool = True, rank: int = 0, world: int = 1):
+    """Rows (a table or folder) -> PairDataset; a ShardSet (`convirt shard` output) -> the streaming ShardDataset."""
+    from convirt_cli.torch.data.shards import ShardDataset, ShardSet
+
+    if isinstance(source, ShardSet):
+        return ShardDataset(source, image_size, text_view, seed, with_text, train, rank, world)
+    return PairDataset(source, image_size, text_view=text_view, seed=seed, with_text=with_text, window=window)
+
+
 class Collate:
     """Stack decoded images, tokenize texts; unreadable images leave the batch and are counted."""
 
@@ -89,7 +99,7 @@ class Collate:
     def __call__(self, items: list[dict]) -> dict:
         good = [it for it in items if it["image"] is not None]
         out = {"index": torch.tensor([it["index"] for it in good], dtype=torch.long),
-               "bad": [it["index"] for it in items if it["image"] is None]}
+               "bad": [it["index"] for it in items if it["image"] is None], "texts": [it["text"] for it in good]}
         out["images"] = torch.stack([it["image"] for it in good]) if good else torch.empty(0, 1, 1, 1, dtype=torch.uint8)
         if self.tokenizer is not None:
             tok = self.tokenizer([it["text"] for it in good] or [""], padding=True, truncation=True,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from convirt_cli.torch.data.dataset import Collate, PairDataset
+from convirt_cli.torch.data.dataset import Collate, make_dataset
 from convirt_cli.torch.data.transforms import augment, to_model_input
 from convirt_cli.torch.losses import convirt_loss
 from convirt_cli.torch.model import ConVIRT, save_model
@@ -42,10 +42,10 @@ class ConVIRTObjective:
         """The collapsed start of InfoNCE is ln(this): the candidates each row is ranked against."""
         return self.batch_size
 
-    def dataset(self, rows: list[Row], train: bool, seed: int) -> PairDataset:
+    def dataset(self, rows: list[Row], train: bool, seed: int):
         view = self.cfg.text_view if train else "report"
-        return PairDataset(rows, self.model.cfg.image.image_size, text_view=view, seed=seed,
-                           window=self.model.cfg.image.window)
+        return make_dataset(rows, self.model.cfg.image.image_size, text_view=view, seed=seed,
+                            window=self.model.cfg.image.window, train=train, rank=self.dist.rank, world=self.dist.world)
 
     def trainable(self) -> torch.nn.Module:
         return self.model
@@ -110,7 +110,7 @@ class ConVIRTObjective:
             if sum(len(t) for t in texts) < VAL_RETRIEVAL_ROWS:
                 vs.append(v.float().cpu().numpy())
                 us.append(u.float().cpu().numpy())
-                texts.append([loader.dataset.rows[i].text for i in batch["index"].tolist()])
+                texts.append(batch["texts"])
         self.model.train()
         if not losses:
             return {}

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from convirt_cli.torch.data.dataset import Collate, PairDataset
+from convirt_cli.torch.data.dataset import Collate, make_dataset
 from convirt_cli.torch.data.multicrop import MultiCropParams, batch_masks, multicrop
 from convirt_cli.torch.data.transforms import to_model_input
 from convirt_cli.torch.dino import HEAD_FILE, DINOHead, Student, ema_update, make_teacher, patch_size
@@ -102,10 +102,10 @@ class DINOObjective:
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- data
-    def dataset(self, rows: list[Row], train: bool, seed: int) -> PairDataset:
+    def dataset(self, rows: list[Row], train: bool, seed: int):
         size = max(self.d.global_size, self.model.cfg.image.image_size)  # crops resample from this decode
-        return PairDataset(rows, size, text_view="report", seed=seed, with_text=False,
-                           window=self.model.cfg.image.window)
+        return make_dataset(rows, size, text_view="report", seed=seed, with_text=False,
+                            window=self.model.cfg.image.window, train=train, rank=self.dist.rank, world=self.dist.world)
 
     def size_warning(self, min_side: int | None) -> str | None:
         """Images smaller than the global crops are upsampled into them: say so once (the crops learn little)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from convirt_cli.torch.data.dataset import Collate, PairDataset
+from convirt_cli.torch.data.dataset import Collate, make_dataset
 from convirt_cli.torch.data.multicrop import two_views
 from convirt_cli.torch.data.transforms import to_model_input
 from convirt_cli.torch.losses.dino import nt_xent
@@ -49,9 +49,9 @@ class SimCLRObjective:
     def guard_batch(self) -> int:
         return 2 * self.batch_size - 1  # NT-Xent ranks each view against the 2B - 1 others
 
-    def dataset(self, rows: list[Row], train: bool, seed: int) -> PairDataset:
-        return PairDataset(rows, self.model.cfg.image.image_size, seed=seed, with_text=False,
-                           window=self.model.cfg.image.window)
+    def dataset(self, rows: list[Row], train: bool, seed: int):
+        return make_dataset(rows, self.model.cfg.image.image_size, seed=seed, with_text=False,
+                            window=self.model.cfg.image.window, train=train, rank=self.dist.rank, world=self.dist.world)
 
     def trainable(self) -> torch.nn.Module:
         return self.net

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from convirt_cli.torch.data.dataset import EpochSampler
+from convirt_cli.torch.data.shards import is_shard_source
 from convirt_cli.torch.model import create_model, load_model, save_model
 from convirt_cli.torch.objectives import Objective
 from convirt_cli.torch.objectives.convirt import ConVIRTObjective
@@ -137,6 +138,24 @@ def dedupe(v: Validation) -> Validation:
     return v
 
 
+def prepare_shards(cfg: PretrainConfig, rep: Reporter):
+    """Shards written by `convirt shard`: validated and split then; their counts and skips come from shards.json."""
+    from convirt_cli.torch.data.shards import open_shards
+
+    sets = open_shards(cfg.data)
+    train, val = sets["train"], sets["val"]
+    if not train.count:
+        raise ConvirtError(f"{cfg.data}: how many samples these shards hold is unknown (no shards.json beside them); "
+                           "point at the folder `convirt shard` wrote")
+    meta = train.meta
+    rep.note(f"shards: train {len(train)} samples in {len(train.urls)} shards, val {len(val)}; written with "
+             f"max side {meta.get('max_side')}, window {meta.get('window')}; {sum(meta.get('skipped', {}).values())} "
+             "skipped when written")
+    data = {"found": len(train) + len(val) + sum(meta.get("skipped", {}).values()), "usable": len(train) + len(val),
+            "skipped": meta.get("skipped", {}), "split": "decided by `convirt shard`", "shards": len(train.urls)}
+    return train, val, None, data
+
+
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not math.isfinite(loss.item()):
         raise ConvirtError(f"loss became {loss.item()} at step {step}; lower --lr or raise --tau")
@@ -181,7 +200,8 @@ def build_objective(cfg: PretrainConfig, run: Path, train_rows: list[Row], devic
                                "ConVIRT preset (`convirt models`) and start its image tower from this one with "
                                "--image-init RUN")
         mcfg = with_overrides(base, **{"image.image_size": cfg.image_size, "image.window": cfg.window, "loss.tau": cfg.tau, "loss.lam": cfg.lam})
-        model = create_model(mcfg, pretrained=cfg.pretrained, texts=[r.text for r in train_rows],
+        texts = train_rows.texts() if hasattr(train_rows, "texts") else [r.text for r in train_rows]
+        model = create_model(mcfg, pretrained=cfg.pretrained, texts=texts,
                              image_weights=image_weights, text_weights=cfg.text_weights)
         save_model(model, run)
     if cfg.objective == "dino":
@@ -240,7 +260,11 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
     if not dist.main:
         rep = NullReporter()  # one progress bar, from rank 0
 
-    train_rows, val_rows, min_side, data = prepare_rows(cfg, need_text=cfg.objective not in IMAGE_ONLY, rep=rep)
+    need_text = cfg.objective not in IMAGE_ONLY
+    if is_shard_source(cfg.data):
+        train_rows, val_rows, min_side, data = prepare_shards(cfg, rep)
+    else:
+        train_rows, val_rows, min_side, data = prepare_rows(cfg, need_text=need_text, rep=rep)
     created = not run.exists()
     try:
         return _train(cfg, run, train_rows, val_rows, device, dist, rep, min_side, data)
@@ -271,8 +295,10 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
         rep.warn(line)
 
     train_ds = obj.dataset(train_rows, train=True, seed=cfg.seed)
-    sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=dist.rank, world=dist.world)
-    per_rank = len(sampler.indices())
+    streamed = isinstance(train_ds, torch.utils.data.IterableDataset)  # shards: no sampler, resampled per epoch
+    sampler = None if streamed else EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=dist.rank,
+                                                 world=dist.world)
+    per_rank = len(train_ds) if streamed else len(sampler.indices())
     batch_size = min(cfg.batch_size * cfg.accum_steps, per_rank)  # --accum-steps: one contrastive batch, chunked
     if batch_size < 2:
         raise ConvirtError(f"{per_rank} training pairs per process: too few for a contrastive batch")
@@ -281,6 +307,8 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
     loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, collate_fn=obj.collate, drop_last=True,
                         generator=torch.Generator(),  # keeps DataLoader seeding off the global RNG (resume replays)
                         pin_memory=device.type == "cuda", persistent_workers=False, **workers)
+    if streamed:
+        train_ds.epoch_samples = (per_rank // batch_size) * batch_size * dist.world  # whole batches, as from a table
     val_loader = DataLoader(obj.dataset(val_rows, train=False, seed=cfg.seed), batch_size=batch_size,
                             collate_fn=obj.collate, **workers) if len(val_rows) >= 2 else None
 
@@ -340,7 +368,8 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
     with StopOnSignal() as stop:
         while st.step < total and st.epoch < epochs and not _stopping(stop, dist, device):
             train_ds.set_epoch(st.epoch)
-            sampler.set_epoch(st.epoch, start=st.batch_in_epoch * batch_size)
+            if sampler is not None:
+                sampler.set_epoch(st.epoch, start=st.batch_in_epoch * batch_size)
             for batch in _batches(loader, stop):
                 if st.step >= total:  # the budget ran out mid-epoch
                     break

@@ -1,0 +1,60 @@
+"""`convirt shard DATA --out SHARDS`: WebDataset tar shards that `convirt pretrain SHARDS` streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convirt_cli.cli import options as o
+
+
+def shard(
+    data: Annotated[Path, typer.Argument(help="Data folder or table, as pretrain reads it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shards and shards.json.")],
+    per_shard: Annotated[int | None, typer.Option(help="Samples per tar shard (default 1000).")] = None,
+    max_side: Annotated[int | None, typer.Option(help="Downscale images whose longer side is larger, once (stored as PNG).")] = None,
+    window: o.Window = None,
+    image_col: o.ImageCol = None,
+    text_col: o.TextCol = None,
+    no_text: Annotated[bool, typer.Option("--no-text", help="Image-only shards (for --objective dino / simclr).")] = False,
+    split_col: o.SplitCol = None,
+    patient_col: o.PatientCol = None,
+    val_fraction: o.ValFraction = None,
+    encoding: o.Encoding = None,
+    strict: o.Strict = None,
+    seed: o.Seed = None,
+) -> None:
+    """Write DATA as WebDataset shards: unreadable images skipped and counted as pretrain counts them, the
+    train/val split decided now and recorded in shards.json. Then: convirt pretrain SHARDS."""
+    flags = dict(locals())
+    flags.pop("no_text")
+    from convirt_cli.cli.progress import note, progress_bar
+    from convirt_cli.cli.settings import resolve
+    from convirt_cli.torch.data.shards import write_shards
+    from convirt_cli.torchfree.config import ShardConfig
+    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.split import describe_split, split_rows
+    from convirt_cli.torchfree.data.validate import validate_rows
+
+    cfg = resolve(ShardConfig, **flags)
+    text_col = None if no_text else cfg.text_col
+    rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding)
+    checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict)
+    splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
+    n = sum(len(v) for v in splits.values())
+    with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:
+        meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
+                            cfg.max_side, cfg.window, on_row=lambda: advance(1))
+    for row, reason in checked.skipped:
+        meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
+    if checked.skipped:
+        from convirt_cli.torchfree.files import write_json
+
+        meta["skipped_examples"] = ([[r.source, why] for r, why in checked.skipped[:5]] + meta["skipped_examples"])[:5]
+        write_json(cfg.out / "shards.json", meta)
+    counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
+    skipped = sum(meta["skipped"].values())
+    note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "
+         f"{describe_split(checked.usable, cfg.split_col, cfg.patient_col)} -> {cfg.out}")
