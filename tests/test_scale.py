@@ -187,3 +187,27 @@ def test_accum_steps_under_two_process_torchrun(tmp_path):
     for a, b in ((h1, h2), (i1, i2)):
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_int8_image_export_is_gated_on_the_runs_own_images(tiny_run, tmp_path):
+    """--int8-image: static int8 calibrated on 64 of the run's images, gated on others (cosine, top-10 overlap
+    against torch); embed runs on it and ranks like torch."""
+    import numpy as np
+
+    r = runner.invoke(app, ["export", str(tiny_run), "--onnx", "--int8-image", "--out", str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    man = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert man["precision"]["image"] == "int8" and man["int8"]["image"]["calibrated_on"].endswith("run's images")
+    gate = man["parity"]["image"]
+    assert gate["precision"] == "int8" and gate["min_cosine"] >= 0.999 and gate["top10_overlap"] >= 0.9
+    assert man["int8"]["image"]["weight_bits"] in (7, 8)
+    images = sorted((COVID.parent / "images").glob("*.png"))[-40:]  # not the first ones the export sampled
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{p}\n" for p in images))
+    embs = {}
+    for name, model in (("int8", tmp_path / "q"), ("torch", tiny_run)):
+        r = runner.invoke(app, ["embed", str(lst), "--model", str(model), "--backend",
+                                "onnx" if name == "int8" else "torch", "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        embs[name] = np.load(tmp_path / name / "embeddings.npy")
+    assert float((embs["int8"] * embs["torch"]).sum(1).min()) > 0.995

@@ -61,10 +61,11 @@ class Variant:
 
     fp16: bool = False
     int8_text: bool = False
+    int8_image: bool = False
 
     @property
     def image(self) -> str:
-        return "fp16" if self.fp16 else "fp32"
+        return "int8" if self.int8_image else ("fp16" if self.fp16 else "fp32")
 
     @property
     def text(self) -> str:
@@ -181,6 +182,71 @@ def quantize_text(model: ConVIRT, path: Path, texts: list[str]) -> dict:
         return {"method": "onnxruntime dynamic int8", "why": str(e)[:200]}
 
 
+def calibration_images(model, run: Path, n: int = 64, seed: int = 1) -> tuple[np.ndarray, str]:
+    """Pixels to calibrate (and check) the int8 image tower on: the run's own images when they are still on disk
+    (a seeded sample), else smooth random grey images. Returns (pixels [N, C, S, S], where they came from)."""
+    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.imageio import load_gray, normalize_array
+
+    im = model.cfg.image
+    cfg = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+    grays = []
+    if cfg.get("data") and Path(cfg["data"]).exists():
+        try:
+            rows = read_rows(cfg["data"], image_col=cfg.get("image_col", "image"), text_col=None)
+        except (ConvirtError, OSError, ValueError, KeyError):
+            rows = []
+        order = np.random.default_rng(seed).permutation(len(rows))
+        for i in order:
+            try:
+                grays.append(load_gray(rows[i].image, im.image_size, im.window))
+            except (OSError, ValueError):
+                continue
+            if len(grays) >= n:
+                break
+    if len(grays) >= 8:
+        return normalize_array(np.stack(grays), im.mean, im.std, im.in_chans), f"{len(grays)} of the run's images"
+    return random_pixels(im, np.random.default_rng(seed), n), "random grey images (the run's data is not on disk)"
+
+
+def quantize_image(path: Path, pixels: np.ndarray) -> dict:
+    """image.onnx (fp32) -> static int8 (QDQ): weights per output channel, activations with ranges calibrated on
+    `pixels`. On x86 CPUs without VNNI the weights get 7 bits (onnxruntime's u8 x s8 kernels would saturate)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from convirt_cli.torch.quantize import u8s8_saturates
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"pixels": pixels[i:i + 8]} for i in range(0, len(pixels), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    m = onnx.load(str(path))
+    del m.graph.value_info[:]
+    src = path.with_suffix(".f32.onnx")
+    onnx.save(m, str(src))
+    tmp = path.with_suffix(".int8.onnx")
+    reduce = u8s8_saturates()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul"])  # the projection head's Gemms stay fp32: tiny
+    finally:
+        root.setLevel(level)
+        src.unlink(missing_ok=True)
+    os.replace(tmp, path)
+    return {"method": "onnxruntime static int8 (QDQ, per-channel weights)", "weight_bits": 7 if reduce else 8,
+            "calibration_images": len(pixels)}
+
+
 def to_int8(path: Path) -> None:
     """Dynamic quantisation: int8 weights of MatMul/Gemm (per channel), activations quantised per batch at run time."""
     import logging
@@ -245,12 +311,16 @@ def topk_overlap(ref: np.ndarray, test: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
 
 
-def check_parity(model: ConVIRT | ImageModel, folder: Path, variant: Variant, seed: int = 0) -> dict:
+def check_parity(model: ConVIRT | ImageModel, folder: Path, variant: Variant, seed: int = 0,
+                 real: np.ndarray | None = None) -> dict:
     """Run the exported graphs on fresh inputs (other batch sizes and lengths than the export sample, texts
-    tokenised by the fast path) and compare with torch; raise ConvirtError with the numbers if off."""
+    tokenised by the fast path) and compare with torch; raise ConvirtError with the numbers if off. `real`: the
+    run's own images not used for calibration, checked with the random ones (the int8 image gate)."""
     from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     pixels, texts = parity_inputs(model, seed)
+    if real is not None and len(real):  # the int8 gate: images like the ones it will embed, not synthetic ones
+        pixels = real.astype(np.float32)
     enc = OnnxEncoder(folder, device="cpu")
     with torch.no_grad():
         ref_img = model.encode_image(torch.from_numpy(pixels)).numpy()
@@ -287,12 +357,13 @@ def check_parity(model: ConVIRT | ImageModel, folder: Path, variant: Variant, se
 
 
 def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_text: bool = False, opset: int = 18,
-                seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+                seed: int = 0, on_stage: Callable[[str], None] | None = None,
+                int8_image: bool = False) -> tuple[Path, dict]:
     """A finished run directory -> an export folder (default RUN/onnx); returns (folder, manifest)."""
     stage = on_stage or (lambda s: None)
     run = Path(run)
     out = Path(out) if out is not None else run / "onnx"
-    variant = Variant(fp16=fp16, int8_text=int8_text)
+    variant = Variant(fp16=fp16, int8_text=int8_text, int8_image=int8_image)
     stage("loading the run")
     model = load_model(run).eval()
     if int8_text and not model.has_text:
@@ -302,14 +373,20 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
     with staged_dir(out) as tmp:
         stage(f"exporting {' and '.join(t + '.onnx' for t in towers)}")
         text_graph = export_graphs(model, tmp, opset)
-        if fp16:
+        real = None
+        if int8_image:
+            stage("quantising the image tower to int8")
+            pixels, origin = calibration_images(model, run, n=96)
+            calib, real = pixels[:64], (pixels[64:] if len(pixels) > 64 else None)  # held out for the gate
+            int8 = (int8 or {}) | {"image": quantize_image(tmp / "image.onnx", calib) | {"calibrated_on": origin}}
+        if fp16 and not int8_image:
             stage("converting to fp16")
             to_fp16(tmp / "image.onnx")
             if model.has_text and not int8_text:
                 to_fp16(tmp / "text.onnx")
         if int8_text:
             stage("quantising the text tower to int8")
-            int8 = quantize_text(model, tmp / "text.onnx", calibration_texts(model, run))
+            int8 = (int8 or {}) | quantize_text(model, tmp / "text.onnx", calibration_texts(model, run))
         for graph in towers:
             external_weights(tmp / f"{graph}.onnx")
         if model.has_text:
@@ -332,7 +409,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
             manifest["int8"] = int8
         write_json(tmp / "manifest.json", manifest)
         stage("checking parity against torch")
-        manifest["parity"] = check_parity(model, tmp, variant, seed)
+        manifest["parity"] = check_parity(model, tmp, variant, seed, real)
         write_json(tmp / "manifest.json", manifest)
     return out, manifest
 

@@ -235,6 +235,7 @@ class ExportConfig(Config):
     out: Path | None = None
     fp16: bool = False
     int8_text: bool = False
+    int8_image: bool = False
     opset: Annotated[int, Field(ge=17, le=23)] = 18
     seed: NonNegative = 0
     runs_dir: Path = Path("runs")

@@ -16,6 +16,7 @@ def export(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Export folder (default: RUN/onnx).")] = None,
     fp16: Annotated[bool | None, typer.Option("--fp16", help="Half-precision graphs (GPU serving); fp32 inputs/outputs.")] = None,
     int8_text: Annotated[bool | None, typer.Option("--int8-text", help="Dynamic int8 quantisation of the text tower (CPU speed).")] = None,
+    int8_image: Annotated[bool | None, typer.Option("--int8-image", help="Static int8 image tower calibrated on the run's own images (CPU speed for embedding archives); gated on held-out images.")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
     seed: o.Seed = None,
     runs_dir: o.RunsDir = None,
@@ -50,7 +51,7 @@ def export(
     run_dir = resolve_run(cfg.run, cfg.runs_dir)
     with console.status("exporting") as status:
         folder, manifest = export_onnx(run_dir, cfg.out, fp16=cfg.fp16, int8_text=cfg.int8_text, opset=cfg.opset,
-                                       seed=cfg.seed, on_stage=lambda s: status.update(s))
+                                       seed=cfg.seed, on_stage=lambda s: status.update(s), int8_image=cfg.int8_image)
     p = manifest["parity"]
     for name in manifest.get("towers", ["image", "text"]):
         r = p[name]

@@ -250,10 +250,12 @@ class DINOObjective:
         out = {"teacher_entropy": round(ent, 4), "log_prototypes": round(log_k, 4), "prototypes_in_use": round(used, 4),
                "collapsed": collapsed, "warned": warned_at}
         if collapsed:
-            fixes = ("the same flat distribution for every image; likely fixes: fewer prototypes, dino.centering "
-                     "center, a lower teacher temperature" if ent > 0.98 * log_k else
-                     "one prototype for every image; likely fixes: dino.centering sinkhorn, a longer teacher "
-                     "temperature warm-up, a lower --lr")
+            other = "center" if self.d.centering == "sinkhorn" else "sinkhorn"
+            fixes = (f"the same flat distribution for every image; things to try: more steps, dino.centering {other}, "
+                     "a lower dino.teacher_temp, fewer dino.prototypes (benchmarks/RESULTS.md lists what was tried "
+                     "on dino-tiny)" if ent > 0.98 * log_k else
+                     f"one prototype for every image; things to try: dino.centering {other}, a longer "
+                     "dino.teacher_temp_warmup, a lower --lr")
             out["message"] = (f"the teacher's entropy ended at {ent:.3f} of log K = {log_k:.3f} with {used:.1%} of the "
                               f"prototypes in use: collapsed to {fixes}")
         return out

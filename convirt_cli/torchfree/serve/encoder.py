@@ -45,10 +45,17 @@ def encode_image_paths(paths: Sequence[str | Path], pre: dict, run: Callable[[np
                        batch_size: int = 64, on_progress: Progress | None = None):
     """Images -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`, [(index, reason)] skipped)."""
     out, ok, bad = [], [], []
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes release the GIL
-        for start in range(0, len(paths), batch_size):
+    window = pre.get("window", "auto")
+    starts = list(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(max_workers=4) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        # the next batch decodes (PIL and numpy release the GIL) while this one runs through the model
+        pending = ahead.submit(decode_images, paths[0:batch_size], pre["image_size"], pool, window) if starts else None
+        for n, start in enumerate(starts):
             chunk = paths[start:start + batch_size]
-            gray, good, skipped = decode_images(chunk, pre["image_size"], pool, pre.get("window", "auto"))
+            gray, good, skipped = pending.result()
+            if n + 1 < len(starts):
+                nxt = starts[n + 1]
+                pending = ahead.submit(decode_images, paths[nxt:nxt + batch_size], pre["image_size"], pool, window)
             if len(good):
                 x = normalize_array(gray, pre["mean"], pre["std"], pre["channels"])
                 out.append(np.asarray(run(x), dtype=np.float32))
