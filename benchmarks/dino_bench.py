@@ -69,8 +69,6 @@ def run_convirt(args, full: bool) -> dict:
 
 
 def run_lightly(args) -> dict:
-    import copy
-
     import timm
     import torch
     from lightly.loss import DINOLoss
@@ -85,11 +83,14 @@ def run_lightly(args) -> dict:
     cfg = get_model_config(args.model)
     d, im = cfg.dino, cfg.image
     device = torch.device(args.device)
-    backbone = timm.create_model(im.name, num_classes=0, **im.kwargs)
-    dim = backbone.num_features
-    student = torch.nn.Sequential(backbone, DINOProjectionHead(dim, d.head_hidden, d.head_bottleneck, d.prototypes,
-                                                               freeze_last_layer=1)).to(device)
-    teacher = copy.deepcopy(student)
+    def build():
+        backbone = timm.create_model(im.name, num_classes=0, **im.kwargs)
+        return torch.nn.Sequential(backbone, DINOProjectionHead(backbone.num_features, d.head_hidden,
+                                                                d.head_bottleneck, d.prototypes, freeze_last_layer=1))
+
+    student = build().to(device)
+    teacher = build().to(device)  # weight-normed heads do not deepcopy
+    teacher.load_state_dict(student.state_dict())
     deactivate_requires_grad(teacher)
     criterion = DINOLoss(output_dim=d.prototypes, warmup_teacher_temp=d.warmup_teacher_temp,
                          teacher_temp=d.teacher_temp, warmup_teacher_temp_epochs=1).to(device)

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from convirt_cli.torchfree.config import RECIPE_KEYS
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.window import parse_window
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 RUN_MODEL_FILE = "model.json"
@@ -39,8 +38,9 @@ class ImageTowerConfig(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v: str) -> str:
-        parse_window(v)
-        return v.strip()
+        from convirt_cli.torchfree.config import check_window  # numpy-free until a window is applied
+
+        return check_window(v)
 
 
 class TextTowerConfig(_Strict):
