@@ -138,10 +138,27 @@ def test_seven_bit_weights_for_cpus_without_vnni(tmp_path):
     onnx.save(_graph(), str(tmp_path / "int8.onnx"))
     rng = np.random.default_rng(7)
     feeds = [{"x": rng.normal(size=(4, 16, 32)).astype(np.float32)} for _ in range(4)]
-    assert quantize_text_int8(tmp_path / "int8.onnx", feeds, weight_bits=7)["weight_bits"] == 7
+    assert quantize_text_int8(tmp_path / "int8.onnx", feeds, weight_bits=7, unsigned_weights=False)["weight_bits"] == 7
     codes = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "int8.onnx")).graph.initializer
              if t.data_type == TensorProto.INT8]
     assert len(codes) == 2 and max(np.abs(c.astype(int)).max() for c in codes) == 63
     x = rng.normal(size=(2, 8, 32)).astype(np.float32)
     ref = _run(tmp_path / "fp32.onnx", x)
     assert np.linalg.norm(_run(tmp_path / "int8.onnx", x) - ref) / np.linalg.norm(ref) < 0.02
+
+
+def test_unsigned_weights_compute_the_same_products(tmp_path):
+    """AVX2 without VNNI: 8-bit weights stored as uint8 + 128 (zero point 128) run on onnxruntime's u8 x u8
+    kernels, which do not saturate; the graph computes what the int8 one does."""
+    rng = np.random.default_rng(8)
+    feeds = [{"x": rng.normal(size=(4, 16, 32)).astype(np.float32)} for _ in range(4)]
+    outs = {}
+    for unsigned in (False, True):
+        path = tmp_path / f"u{int(unsigned)}.onnx"
+        onnx.save(_graph(), str(path))
+        summary = quantize_text_int8(path, feeds, unsigned_weights=unsigned)
+        assert summary["weight_bits"] == 8 and summary["weights"].startswith("uint8" if unsigned else "int8")
+        kinds = {t.data_type for t in onnx.load(str(path)).graph.initializer if t.name.startswith("q8_0_w")}
+        assert kinds == {TensorProto.UINT8 if unsigned else TensorProto.INT8}
+        outs[unsigned] = _run(path, feeds[0]["x"])
+    np.testing.assert_allclose(outs[True], outs[False], rtol=1e-5, atol=1e-5)

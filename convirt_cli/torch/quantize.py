@@ -180,7 +180,8 @@ def _producer(graph, name: str):
 
 def u8s8_saturates() -> bool:
     """True on x86 CPUs without VNNI: there onnxruntime's u8 x s8 kernels add pairs of products in int16
-    (vpmaddubsw), which 255 * 127 * 2 overflows; 7-bit weights keep every pair in range."""
+    (vpmaddubsw), which 255 * 127 * 2 overflows. The export then stores weights unsigned (u8 x u8 kernels widen
+    to 16 bits first and do not saturate); 7-bit signed weights are the other way out."""
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
@@ -192,11 +193,14 @@ def u8s8_saturates() -> bool:
     return not ({"avx512_vnni", "avx_vnni"} & set(flags))
 
 
-def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = None) -> dict:
+def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = None,
+                       unsigned_weights: bool | None = None) -> dict:
     """Rewrite the fp32 text graph at `path` in place (per-token int8, see the module doc), calibrated on
     `feeds` (input dicts of the graph: input_ids, attention_mask). Returns a summary for the manifest.
-    weight_bits: 8, or 7 where u8s8_saturates() (the default picks). ValueError, with `path` untouched,
-    where the graph has nothing to quantise or onnxruntime cannot run it."""
+    unsigned_weights: store the 8-bit weights as uint8 with zero point 128, so onnxruntime runs its u8 x u8
+    kernels, which widen to 16 bits before multiplying and never saturate: full 8-bit weights on x86 CPUs
+    without VNNI (default: where u8s8_saturates()). weight_bits: 7 keeps the old safe range instead.
+    ValueError, with `path` untouched, where the graph has nothing to quantise or onnxruntime cannot run it."""
     import onnx
     from onnx import helper, numpy_helper, version_converter
 
@@ -205,7 +209,8 @@ def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = 
     except Exception as e:
         raise ValueError(f"cannot move the text graph to opset 21: {e}") from e
     del m.graph.value_info[:]
-    bits = weight_bits or (7 if u8s8_saturates() else 8)
+    unsigned = u8s8_saturates() if unsigned_weights is None else unsigned_weights
+    bits = weight_bits or 8
     qmax = (1 << (bits - 1)) - 1
     g = m.graph
     groups = linear_groups(g)
@@ -223,7 +228,9 @@ def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = 
     all_nodes = list(g.node)
     before: dict[int, list] = {}  # position -> nodes to insert before it
     replaced: dict[int, list] = {}  # position -> nodes replacing it
-    summary = {"matmuls": 0, "shifted": 0, "weight_bits": bits, "zero_points": []}
+    summary = {"matmuls": 0, "shifted": 0, "weight_bits": bits, "zero_points": [],
+               "weights": "uint8, zero point 128 (u8 x u8 kernels)" if unsigned else "int8"}
+    wzp = const("q8_wzp", np.uint8(128)) if unsigned else None
     for gi, (x, where) in enumerate(groups.items()):
         nodes = [all_nodes[i] for i in where]
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
@@ -267,8 +274,9 @@ def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = 
                 add, i = bias
                 add.input[i] = const(f"{p}bias{j}", numpy_helper.to_array(inits[add.input[i]]) + delta)
             extra_add = plan.mu is not None and bias is None
-            chain = [helper.make_node("MatMulIntegerToFloat", [p + "q", const(f"{p}w{j}", q), one,
-                                      const(f"{p}step{j}", step), zp0], [f"{p}y{j}"], domain="com.microsoft"),
+            wq = (q.astype(np.int16) + 128).astype(np.uint8) if unsigned else q
+            mm_in = [p + "q", const(f"{p}w{j}", wq), one, const(f"{p}step{j}", step), zp0] + ([wzp] if unsigned else [])
+            chain = [helper.make_node("MatMulIntegerToFloat", mm_in, [f"{p}y{j}"], domain="com.microsoft"),
                      helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [f"{p}ys{j}" if extra_add else out])]
             if extra_add:
                 chain.append(helper.make_node("Add", [f"{p}ys{j}", const(f"{p}delta{j}", delta)], [out]))
