@@ -278,6 +278,11 @@ def test_dicom_folder_pretrain_finetune_embed_leak_nothing(dicom_folder, tmp_pat
     r = runner.invoke(app, ["finetune", str(dicom_folder), "--label", "sex", "--init", str(tmp_path / "run"),
                             "--bootstrap", "0", "--no-save-models", "--out", str(tmp_path / "ft")])
     assert r.exit_code == 0, r.output + repr(r.exception)
+    r = runner.invoke(app, ["finetune", str(dicom_folder), "--task", "regression", "--label", "age", "--init",
+                            str(tmp_path / "run"), "--bootstrap", "0", "--no-save-models", "--out", str(tmp_path / "age")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    age = json.loads((tmp_path / "age" / "results.json").read_text())
+    assert age["metric"] == "r2" and age["summary"]["usable"] == 24  # ages 30-80 from PatientAge
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) > 10
     for p in written:

@@ -139,6 +139,23 @@ def test_ibot_needs_a_vit_and_says_so(tmp_path):
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 
+def test_images_smaller_than_the_crops_are_named_once(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(folder / f"{i}.png")
+    r = runner.invoke(app, ["pretrain", str(folder), "--objective", "dino", "--max-steps", "1", "--batch-size", "4",
+                            "--val-fraction", "0", "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    warning = "some images are smaller than the 64 px global crops (the smallest: 40 px)"
+    assert r.output.count(warning) == 1, r.output
+
+
 def test_image_only_bad_inputs_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     r = runner.invoke(app, ["pretrain", str(tmp_path / "empty"), "--objective", "dino"])
