@@ -15,7 +15,14 @@ from convirt_cli.cli.main import app
 from convirt_cli.torchfree import dicom
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.imageio import load_gray
-from convirt_cli.torchfree.window import dicom_linear, parse_window, stored_to_uint8, to_uint8, to_unit
+from convirt_cli.torchfree.window import (
+    FlatImage,
+    dicom_linear,
+    parse_window,
+    stored_to_uint8,
+    to_uint8,
+    to_unit,
+)
 
 pydicom = pytest.importorskip("pydicom")
 from conftest import COVID
@@ -91,7 +98,9 @@ def test_window_policies_by_hand():
     assert np.allclose(to_unit(v, "percentile:25,75"), np.clip((v - lo) / (hi - lo), 0, 1))
     assert np.allclose(to_unit(v, "auto", file_window=(100, 201)), dicom_linear(v, 100, 201))
     assert np.allclose(to_unit(np.array([[0.0, 51.0, 255.0]]), "auto", eight_bit=True), [[0, 0.2, 1]])
-    assert to_unit(np.full((3, 3), 7.0), "minmax").max() == 0  # a flat image is black, never NaN
+    with pytest.raises(FlatImage, match="every pixel 7"):  # never fed on as a black image
+        to_unit(np.full((3, 3), 7.0), "minmax")
+    assert np.allclose(to_unit(np.full((2, 2), 7.0), "fixed:7,10"), dicom_linear(np.full((2, 2), 7.0), 7, 10))
     assert np.array_equal(to_uint8(v, "minmax", invert=True), [[255, 230], [204, 0]])
     for bad in ("percentile:99,1", "fixed:40,0", "linear", "minmax:3"):
         with pytest.raises(ValueError, match="expected one of auto, minmax"):
@@ -190,18 +199,20 @@ def bad_dicoms(tmp_path_factory):
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
     ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
     ds.save_as(tmp / "mpeg.dcm", enforce_file_format=True)
+    write_dicom(tmp / "flat.dcm", np.full((64, 64), 700), bits=12)  # no window in the file: nothing to show
     return tmp
 
 
 REASONS = {"sr.dcm": "DICOM without pixel data (Basic Text SR Storage)", "rgb.dcm": "colour DICOM (RGB)",
            "cine.dcm": "multi-frame DICOM (2 frames)", "cut.dcm": "truncated DICOM",
-           "mpeg.dcm": "compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed"}
+           "mpeg.dcm": "compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed",
+           "flat.dcm": "flat image (every pixel 700): nothing to window"}
 
 
 @pytest.mark.parametrize("name", sorted(REASONS))
 def test_each_bad_dicom_is_one_line_for_a_single_image(bad_dicoms, name):
     with pytest.raises(dicom.DicomError) as e:
-        dicom.check(bad_dicoms / name) if name != "mpeg.dcm" else dicom.read_gray(bad_dicoms / name)
+        dicom.check(bad_dicoms / name) if name not in ("mpeg.dcm", "flat.dcm") else dicom.read_gray(bad_dicoms / name)
     assert str(e.value).startswith(REASONS[name]), str(e.value)
     if name == "mpeg.dcm":
         assert "pip install pylibjpeg" in str(e.value)
@@ -213,7 +224,7 @@ def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_pat
     assert r.exit_code == 0, r.output
     items = [json.loads(x) for x in (tmp_path / "idx" / "items.jsonl").read_text().splitlines()]
     assert [it["path"].rsplit("/", 1)[1] for it in items] == ["good.dcm"]
-    assert "5 skipped" in r.output or "skipped 5" in r.output, r.output
+    assert "(6 skipped)" in r.output and "flat image" in r.output, r.output
     more = tmp_path / "more"  # pretrain: the same files are counted skips, by reason, in summary.json
     more.mkdir()
     for i in range(3):
@@ -225,10 +236,10 @@ def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_pat
                             "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
-    assert data["found"] == 8 and data["usable"] == 4, data
+    assert data["found"] == 9 and data["usable"] == 5, data
     assert sorted(k.split(" (")[0].split(";")[0] for k in data["skipped"]) == sorted(
         ["DICOM without pixel data", "colour DICOM", "multi-frame DICOM", "truncated DICOM"]), data
-    # the MPEG-2 file passes the header check; its pixels fail at decode time and are counted as bad images
+    # the MPEG-2 and flat files pass the header check; their pixels fail at decode time: counted as bad images
     r = runner.invoke(app, ["retrieve", "--image", str(bad_dicoms / "rgb.dcm"), "--index", str(tmp_path / "idx")])
     assert isinstance(r.exception, ConvirtError) and "rgb.dcm: cannot read it" in str(r.exception), r.output
     assert "colour DICOM (RGB)" in str(r.exception)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convirt_cli.torchfree.window import lut_friendly, parse_window, stored_to_uint8, to_uint8
+from convirt_cli.torchfree.window import FlatImage, lut_friendly, parse_window, stored_to_uint8, to_uint8
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 # output column -> the DICOM keyword it comes from (PatientID only as a one-way hash)
@@ -134,9 +134,12 @@ def read_gray(path: str | Path, window: str = "auto") -> np.ndarray:
         bits = int(lut.LUTDescriptor[2]) or 16
         unit = np.clip(apply_voi_lut(apply_modality_lut(stored, ds), ds, index=0) / float(2 ** bits - 1), 0, 1)
         return to_uint8(unit * 255.0, "auto", None, eight_bit=True, invert=invert)
-    if "ModalityLUTSequence" not in ds and lut_friendly(stored):  # the common case: linear rescale, integers
-        return stored_to_uint8(stored, window, fw, eight_bit, invert, slope, intercept)
-    return to_uint8(apply_modality_lut(stored, ds), window, fw, eight_bit=eight_bit, invert=invert)
+    try:
+        if "ModalityLUTSequence" not in ds and lut_friendly(stored):  # the common case: linear rescale, integers
+            return stored_to_uint8(stored, window, fw, eight_bit, invert, slope, intercept)
+        return to_uint8(apply_modality_lut(stored, ds), window, fw, eight_bit=eight_bit, invert=invert)
+    except FlatImage as e:
+        raise DicomError(str(e)) from None
 
 
 def patient_hash(patient_id: str) -> str:

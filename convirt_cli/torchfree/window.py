@@ -15,6 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 POLICIES = ("auto", "minmax", "percentile:LO,HI", "fixed:C,W")
+
+
+class FlatImage(ValueError):
+    """Every pixel has the same value: a window would show it all black; skipped, never fed as a black image."""
 AUTO_PERCENTILES = (0.5, 99.5)
 _SAMPLE = 512  # percentiles from a strided sample of at most ~512 x 512 pixels: a 2048^2 image costs 1/16
 
@@ -65,6 +69,10 @@ def to_unit(values: np.ndarray, spec: str, file_window: tuple[float, float] | No
     sample: the image's values to take percentiles from, when `values` are a lookup table's levels."""
     kind, (a, b) = parse_window(spec)
     values = np.asarray(values, dtype=np.float64)
+    if kind != "fixed" and not (kind == "auto" and (file_window is not None or eight_bit)):
+        lo, hi = float(values.min()), float(values.max())
+        if lo == hi and (sample is None or float(np.min(sample)) == float(np.max(sample))):
+            raise FlatImage(f"flat image (every pixel {lo:g}): nothing to window")
     if kind == "auto":
         if file_window is not None:
             return dicom_linear(values, *file_window)
@@ -94,6 +102,8 @@ def stored_to_uint8(stored: np.ndarray, spec: str, file_window: tuple[float, flo
     """The same result as to_uint8(stored * slope + intercept, ...), through a lookup table over the stored
     integer levels: one indexing pass instead of several float passes over a 2048 x 2048 image."""
     lo, hi = int(stored.min()), int(stored.max())
+    if lo == hi and not (spec.strip().startswith("fixed") or (spec.strip() == "auto" and (file_window or eight_bit))):
+        raise FlatImage(f"flat image (every pixel {lo * slope + intercept:g}): nothing to window")
     levels = np.arange(lo, hi + 1, dtype=np.float64) * slope + intercept
     sample = _sample(stored).astype(np.float64) * slope + intercept
     lut = to_uint8(levels, spec, file_window, eight_bit, invert, sample=sample)
