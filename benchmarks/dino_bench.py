@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import make_timer  # benchmarks/ is sys.path[0] when a benchmark runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,20 +35,6 @@ def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def make_timer():
-    """A reporter that stamps each step, so steady-state throughput excludes start-up."""
-    from convirt_cli.torch.train.loop import NullReporter
-
-    class Timer(NullReporter):
-        def __init__(self):
-            self.stamps: list[float] = []
-
-        def step(self, step, metrics):
-            self.stamps.append(time.perf_counter())
-
-    return Timer()
 
 
 def run_convirt(args, full: bool) -> dict:

@@ -21,23 +21,10 @@ import time
 from pathlib import Path
 
 import torch
+from timing import make_timer  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "data"
-
-
-def make_timer():
-    from convirt_cli.torch.train.loop import NullReporter
-
-    class Timer(NullReporter):
-        def __init__(self):
-            self.stamps: list[float] = []
-
-        def step(self, step, metrics):
-            torch.cuda.synchronize()
-            self.stamps.append(time.perf_counter())
-
-    return Timer()
 
 
 def run(cfg_kw: dict, tmp: Path, name: str) -> tuple[list[float], float]:
@@ -47,7 +34,7 @@ def run(cfg_kw: dict, tmp: Path, name: str) -> tuple[list[float], float]:
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    timer = make_timer()
+    timer = make_timer(torch.cuda.synchronize)
     pretrain(PretrainConfig(data=EXAMPLES, out=tmp / name, runs_dir=tmp / "runs", device="cuda", plot=False,
                             epochs=1000, checkpoint_every=0, val_fraction=0.0, **cfg_kw), timer)
     return timer.stamps, torch.cuda.max_memory_allocated() / 2**30

@@ -17,20 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def make_timer():
-    """A reporter that stamps each step, so steady-state throughput excludes start-up."""
-    from convirt_cli.torch.train.loop import NullReporter
-
-    class Timer(NullReporter):
-        def __init__(self):
-            self.stamps: list[float] = []
-
-        def step(self, step, metrics):
-            self.stamps.append(time.perf_counter())
-
-    return Timer()
+from timing import make_timer  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 
 def bare(model, batch_size: int, size: int, steps: int, warmup: int) -> float:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from convirt_cli.torchfree.config import RECIPE_KEYS
+from convirt_cli.torchfree.config import RECIPE_KEYS, check_window
 from convirt_cli.torchfree.errors import ConvirtError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -38,9 +38,7 @@ class ImageTowerConfig(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v: str) -> str:
-        from convirt_cli.torchfree.config import check_window  # numpy-free until a window is applied
-
-        return check_window(v)
+        return check_window(v)  # numpy-free: the registry is on the cold retrieve path
 
 
 class TextTowerConfig(_Strict):

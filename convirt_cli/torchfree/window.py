@@ -69,10 +69,6 @@ def to_unit(values: np.ndarray, spec: str, file_window: tuple[float, float] | No
     sample: the image's values to take percentiles from, when `values` are a lookup table's levels."""
     kind, (a, b) = parse_window(spec)
     values = np.asarray(values, dtype=np.float64)
-    if kind != "fixed" and not (kind == "auto" and (file_window is not None or eight_bit)):
-        lo, hi = float(values.min()), float(values.max())
-        if lo == hi and (sample is None or float(np.min(sample)) == float(np.max(sample))):
-            raise FlatImage(f"flat image (every pixel {lo:g}): nothing to window")
     if kind == "auto":
         if file_window is not None:
             return dicom_linear(values, *file_window)
@@ -81,10 +77,12 @@ def to_unit(values: np.ndarray, spec: str, file_window: tuple[float, float] | No
         kind, (a, b) = "percentile", AUTO_PERCENTILES
     if kind == "fixed":
         return dicom_linear(values, a, b)
-    if kind == "minmax":
-        return _range(values, float(values.min()), float(values.max()))
-    lo, hi = np.percentile(_sample(values) if sample is None else sample, [a, b])
-    return _range(values, float(lo), float(hi))
+    lo, hi = float(values.min()), float(values.max())  # the image's own range decides the window from here on
+    if lo == hi:
+        raise FlatImage(f"flat image (every pixel {lo:g}): nothing to window")
+    if kind == "percentile":
+        lo, hi = (float(v) for v in np.percentile(_sample(values) if sample is None else sample, [a, b]))
+    return _range(values, lo, hi)
 
 
 def to_uint8(values: np.ndarray, spec: str, file_window: tuple[float, float] | None = None,

@@ -46,14 +46,7 @@ def shard(
     n = sum(len(v) for v in splits.values())
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
-                            cfg.max_side, cfg.window, on_row=lambda: advance(1))
-    for row, reason in checked.skipped:
-        meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
-    if checked.skipped:
-        from convirt_cli.torchfree.files import write_json
-
-        meta["skipped_examples"] = ([[r.source, why] for r, why in checked.skipped[:5]] + meta["skipped_examples"])[:5]
-        write_json(cfg.out / "shards.json", meta)
+                            cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped)
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

@@ -28,7 +28,7 @@ from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.data.text import text_view
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import write_json
-from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, PLAIN_SUFFIXES, open_gray
+from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, open_gray
 
 META = "shards.json"
 RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
@@ -46,14 +46,15 @@ def _sample(row: Row, key: int, max_side: int | None, window: str) -> dict:
     """One row -> a WebDataset sample; raises for an image that does not decode (counted by the caller)."""
     im = open_gray(row.image, window)  # decodes fully: a file that would fail in training fails here
     suffix = row.image.suffix.lower()
-    raw_ok = suffix in RAW_EXT and suffix in PLAIN_SUFFIXES
-    if raw_ok and not (max_side and max(im.size) > max_side):
+    too_big = bool(max_side) and max(im.size) > max_side
+    raw = suffix in RAW_EXT and not too_big and window == "auto"  # else the bytes would skip the window
+    if raw:
         with Image.open(row.image) as probe:
-            raw_ok = probe.mode not in HIGH_BIT_MODES  # 16-bit files are stored windowed, like DICOM
-    if raw_ok and not (max_side and max(im.size) > max_side):
+            raw = probe.mode not in HIGH_BIT_MODES  # 16-bit files are stored windowed, like DICOM
+    if raw:
         ext, data = RAW_EXT[suffix], row.image.read_bytes()
     else:
-        if max_side and max(im.size) > max_side:
+        if too_big:
             im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         im.save(buf, format="PNG")
@@ -63,15 +64,18 @@ def _sample(row: Row, key: int, max_side: int | None, window: str) -> dict:
 
 
 def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_side: int | None, window: str,
-                 on_row=None) -> dict:
+                 on_row=None, skipped: list[tuple[Row, str]] = ()) -> dict:
     """Write each split's rows as shards under `out`; returns shards.json (written last: a folder without it is
-    an unfinished write)."""
+    an unfinished write). `skipped`: rows validation already set aside, counted with those that fail here."""
     import webdataset as wds
 
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)
     meta: dict = {"format": "convirt-shards/1", "per_shard": per_shard, "max_side": max_side, "window": window,
                   "splits": {}, "skipped": {}, "skipped_examples": []}
+    for row, reason in skipped:
+        meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
+    meta["skipped_examples"] = [[row.source, reason] for row, reason in list(skipped)[:5]]
     key = 0
     for split, rows in splits.items():
         if not rows:
@@ -171,7 +175,6 @@ class ShardDataset(IterableDataset):
         self.shards, self.size, self.view, self.seed = shards, image_size, text_view, seed
         self.with_text, self.train, self.rank, self.world = with_text, train, rank, world
         self.epoch, self.epoch_samples = 0, len(shards)
-        self.rows = None  # streamed: no row list
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -199,7 +199,8 @@ def build_objective(cfg: PretrainConfig, run: Path, train_rows: list[Row], devic
             raise ConvirtError(f"model '{base.name}' is image-only: --objective convirt needs a text tower; pick a "
                                "ConVIRT preset (`convirt models`) and start its image tower from this one with "
                                "--image-init RUN")
-        mcfg = with_overrides(base, **{"image.image_size": cfg.image_size, "image.window": cfg.window, "loss.tau": cfg.tau, "loss.lam": cfg.lam})
+        mcfg = with_overrides(base, **{"image.image_size": cfg.image_size, "image.window": cfg.window,
+                                       "loss.tau": cfg.tau, "loss.lam": cfg.lam})
         texts = train_rows.texts() if hasattr(train_rows, "texts") else [r.text for r in train_rows]
         model = create_model(mcfg, pretrained=cfg.pretrained, texts=texts,
                              image_weights=image_weights, text_weights=cfg.text_weights)
