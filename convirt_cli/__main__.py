@@ -1,3 +1,3 @@
-from convirt_cli.cli.main import run
+from convirt_cli.cli.entry import run
 
 run()

@@ -56,15 +56,15 @@ class Blocked:
             raise ImportError("blocked in this test: " + name)
         return None
 sys.meta_path.insert(0, Blocked())
-from convirt_cli.cli.main import run
+from convirt_cli.cli.entry import run
 sys.argv = ["convirt", *{args!r}]
 run()
 """
 
 
-def run_blocked(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_blocked(args: list[str], cwd: Path, stdin: str | None = None, also: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     # pydicom too: serving a PNG index must not pay for DICOM support (it is imported when a DICOM is met)
-    code = BLOCKER.format(heavy={*HEAVY, "pydicom", "pylibjpeg"}, args=[str(a) for a in args])
+    code = BLOCKER.format(heavy={*HEAVY, "pydicom", "pylibjpeg", *also}, args=[str(a) for a in args])
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, check=False,
                           input=stdin, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)})
 
@@ -90,7 +90,8 @@ def test_serving_commands_run_with_torch_unimportable(tiny_export, labelled, tmp
          tiny_export, "--format", "json"],
     ]
     for args in steps:
-        p = run_blocked(args, tmp_path)
+        # retrieve takes the fast lane (cli/entry.py): no typer, no pydantic either
+        p = run_blocked(args, tmp_path, also=("typer", "pydantic") if args[0] == "retrieve" else ())
         out = p.stdout + p.stderr
         assert "blocked in this test" not in out, (args, out)
         assert "Traceback" not in out, (args, out)

@@ -79,24 +79,22 @@ def main(config: Annotated[Path | None, typer.Option(
 
 
 def run() -> None:
-    """Console entry point: a user mistake is one line on stderr (exit 2), a usage mistake click's usage text
-    (exit 2), an interrupt exits 130 / 143; never a traceback for either."""
-    try:
-        code = app(standalone_mode=False)
-    except ConvirtError as e:
-        print(e.line(), file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as e:
-        # typer carries its own copy of click: recognise its usage errors by shape, not by class
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    """The full CLI (cli/entry.py calls it for everything its fast lane does not take): a user mistake is one line
+    on stderr (exit 2), a usage mistake click's usage text (exit 2), an interrupt exits 130 / 143; never a
+    traceback for either."""
+    from convirt_cli.cli.entry import user_errors
+
+    with user_errors():
+        try:
+            code = app(standalone_mode=False)
+        except typer.Abort:
+            sys.exit(1)
+        except Exception as e:
+            # typer carries its own copy of click: recognise its usage errors by shape, not by class
+            if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+                e.show()
+                sys.exit(e.exit_code)
+            raise
     if isinstance(code, int) and code:
         if code == 130:  # typer turns Ctrl-C into Exit(130)
             print("interrupted", file=sys.stderr)

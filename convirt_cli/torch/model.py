@@ -23,7 +23,8 @@ from torch import nn
 
 from convirt_cli.torch.towers import ImageTower, TextTower, set_grad_checkpointing
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.registry import RUN_MODEL_FILE, ModelConfig, get_model_config, is_run_dir
+from convirt_cli.torchfree.registry import ModelConfig, get_model_config
+from convirt_cli.torchfree.runs import RUN_MODEL_FILE, is_run_dir
 
 
 def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

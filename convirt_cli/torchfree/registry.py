@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from convirt_cli.torchfree.config import RECIPE_KEYS, check_window
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.runs import RUN_MODEL_FILE, is_run_dir
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
-RUN_MODEL_FILE = "model.json"
 
 
 class _Strict(BaseModel):
@@ -131,10 +131,6 @@ def _load_json(path: Path, name: str) -> ModelConfig:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise ConvirtError(f"{path}: field '{loc}': {first['msg']}; fix the preset file") from None
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / RUN_MODEL_FILE).is_file()
 
 
 def get_model_config(spec: str | Path) -> ModelConfig:

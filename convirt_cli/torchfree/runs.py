@@ -13,10 +13,14 @@ from pathlib import Path
 
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import atomic_write_text, read_json, write_json
-from convirt_cli.torchfree.registry import is_run_dir
 
 LATEST = "latest"
 SUMMARY = "summary.json"
+RUN_MODEL_FILE = "model.json"  # a run's towers are described here; its presence makes a folder a run
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / RUN_MODEL_FILE).is_file()
 
 
 def new_run_name(model: str) -> str:

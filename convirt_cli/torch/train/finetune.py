@@ -46,8 +46,8 @@ from convirt_cli.torchfree.evaluate.labels import Labels, check_train_classes, p
 from convirt_cli.torchfree.evaluate.metrics import METRICS, PRIMARY, bootstrap_ci, is_better, task_metrics
 from convirt_cli.torchfree.files import atomic_write_text, write_json
 from convirt_cli.torchfree.imageio import load_gray
-from convirt_cli.torchfree.registry import ImageTowerConfig, get_model_config, is_run_dir
-from convirt_cli.torchfree.runs import latest_run
+from convirt_cli.torchfree.registry import ImageTowerConfig, get_model_config
+from convirt_cli.torchfree.runs import is_run_dir, latest_run
 
 
 class Reporter(Protocol):

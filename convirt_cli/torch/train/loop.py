@@ -35,9 +35,10 @@ from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import Validation, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
 from convirt_cli.torchfree.files import read_json, write_json
-from convirt_cli.torchfree.registry import get_model_config, is_run_dir, with_overrides
+from convirt_cli.torchfree.registry import get_model_config, with_overrides
 from convirt_cli.torchfree.runs import (
     append_jsonl,
+    is_run_dir,
     new_run_name,
     read_jsonl,
     set_latest,

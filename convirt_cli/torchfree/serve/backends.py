@@ -13,8 +13,7 @@ from pathlib import Path
 
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import read_json, weights_fingerprint
-from convirt_cli.torchfree.registry import is_run_dir
-from convirt_cli.torchfree.runs import resolve_run, run_warnings
+from convirt_cli.torchfree.runs import is_run_dir, resolve_run, run_warnings
 from convirt_cli.torchfree.serve.encoder import OnnxEncoder, is_export_dir
 
 

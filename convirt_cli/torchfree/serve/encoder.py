@@ -7,14 +7,17 @@ batching and the skipping of unreadable files are the same whichever runs the ne
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import read_json
-from convirt_cli.torchfree.imageio import load_gray, normalize_array
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+# Image decoding (Pillow, a thread pool) is imported where images are met: a text query does not pay for it.
 
 EXPORT_FILES = ("image.onnx", "preprocess.json", "manifest.json")
 TEXT_FILES = ("text.onnx", "tokenizer.json")
@@ -25,9 +28,10 @@ def is_export_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file() and (Path(path) / "image.onnx").is_file()
 
 
-def decode_images(paths: Sequence[str | Path], size: int, pool: ThreadPoolExecutor | None = None,
-                  window: str = "auto"):
+def decode_images(paths: Sequence[str | Path], size: int, pool: Executor | None = None, window: str = "auto"):
     """Paths -> (uint8 [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
+    from convirt_cli.torchfree.imageio import load_gray
+
     def one(p):
         try:
             return load_gray(p, size, window), None
@@ -44,6 +48,10 @@ def decode_images(paths: Sequence[str | Path], size: int, pool: ThreadPoolExecut
 def encode_image_paths(paths: Sequence[str | Path], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
                        batch_size: int = 64, on_progress: Progress | None = None):
     """Images -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`, [(index, reason)] skipped)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from convirt_cli.torchfree.imageio import normalize_array
+
     out, ok, bad = [], [], []
     window = pre.get("window", "auto")
     starts = list(range(0, len(paths), batch_size))
@@ -106,8 +114,8 @@ class OnnxEncoder:
     """encode_images / encode_texts with onnxruntime; each session is created on first use (a text
     query never pays for loading the image tower).
 
-    `bulk=False` (a few queries) skips onnxruntime's weight pre-packing: a session on a 90 MB text graph then
-    starts in half the time, and a handful of queries do not need the faster packed matmuls."""
+    `bulk=False` (a few queries) builds sessions for a fast start (providers.session): a handful of queries do
+    not need pre-packed weights or spinning worker threads."""
 
     backend = "onnx"
 
@@ -135,7 +143,7 @@ class OnnxEncoder:
     def _create(self, name: str):
         from convirt_cli.torchfree.serve.providers import session
 
-        return session(self.path / f"{name}.onnx", self.device, self.threads, prepack=self.bulk)
+        return session(self.path / f"{name}.onnx", self.device, self.threads, bulk=self.bulk)
 
     def _session(self, name: str):
         if name not in self._sessions:

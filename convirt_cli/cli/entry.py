@@ -1,0 +1,193 @@
+"""The `convirt` console entry, with a fast lane for the command shell pipelines call cold.
+
+Typer and pydantic cost ~120 ms of a ~0.4 s `convirt retrieve`, more than the work itself. So a plain
+`convirt retrieve` (known flags, values it can check) is parsed here, without either, into an object with
+RetrieveConfig's fields, with the same precedence as cli/settings.py (flags > CONVIRT_* > convirt.toml >
+defaults), and handed to the same function the typer command calls. Anything this parser cannot vouch for
+(--help, an unknown or malformed flag, a value out of range or of the wrong type, a list in a variable) goes
+to the full CLI, which owns every message; so the fast lane never says anything the full CLI would not.
+tests/test_entry.py keeps the table below equal to RetrieveConfig and to the typer command's options.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+
+class Decline(Exception):
+    """Not a case the fast lane vouches for: the full CLI takes it."""
+
+
+class Field(NamedTuple):
+    opts: tuple[str, ...]  # flag spellings ("" none: settable by env / toml only)
+    kind: str  # "value" | "multi" (repeatable) | "flag" (no value)
+    check: Callable[[Any], Any]  # a flag / env string or a TOML value -> the config's value, or raise Decline
+    default: Any
+
+
+def _text(v: Any) -> str:
+    if type(v) is not str or not v:
+        raise Decline
+    return v
+
+
+def _path(v: Any) -> Path:
+    return Path(_text(v))
+
+
+def _positive(v: Any) -> int:
+    if type(v) is str and v.isascii() and v.isdigit():
+        v = int(v)
+    if type(v) is not int or v < 1:
+        raise Decline
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is bool:
+        return v
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise Decline
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise Decline
+        return v
+    check.choices = choices  # type: ignore[attr-defined]
+    return check
+
+
+def _many(item: Callable[[Any], Any]) -> Callable[[Any], list]:
+    def check(v: Any) -> list:
+        if type(v) is not list:  # a variable holding a list is the full CLI's to explain
+            raise Decline
+        return [item(x) for x in v]
+    return check
+
+
+RETRIEVE: dict[str, Field] = {
+    "query": Field(("--query", "-q"), "multi", _many(_text), []),
+    "image": Field(("--image",), "multi", _many(_path), []),
+    "queries": Field(("--queries",), "value", _text, None),
+    "index": Field(("--index",), "value", _path, None),
+    "k": Field(("--k", "-k"), "value", _positive, 10),
+    "format": Field(("--format", "-f"), "value", _choice("table", "jsonl", "csv", "paths", "html"), "table"),
+    "out": Field(("--out", "-o"), "value", _path, None),
+    "exact": Field(("--exact",), "flag", _bool, False),
+    "model": Field(("--model", "-m"), "value", _text, None),
+    "backend": Field(("--backend",), "value", _choice("auto", "onnx", "torch"), "auto"),
+    "device": Field(("--device",), "value", _choice("auto", "cpu", "cuda"), "auto"),
+    "batch_size": Field((), "value", _positive, 64),
+    "threads": Field(("--threads",), "value", _positive, None),
+    "runs_dir": Field(("--runs-dir",), "value", _path, Path("runs")),
+}
+
+
+def _flags(argv: list[str], fields: dict[str, Field]) -> dict[str, Any]:
+    by_opt = {opt: name for name, f in fields.items() for opt in f.opts}
+    raw: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        opt, eq, attached = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        name = by_opt.get(opt)
+        if name is None:  # a positional, --help, an unknown flag, -k5: the full CLI's
+            raise Decline
+        f = fields[name]
+        if f.kind == "flag":
+            if eq:
+                raise Decline
+            raw[name] = True
+            continue
+        if eq:
+            value = attached
+        elif i < len(argv):
+            value, i = argv[i], i + 1
+        else:
+            raise Decline
+        if f.kind == "multi":
+            raw.setdefault(name, []).append(value)
+        else:
+            raw[name] = value
+    return raw
+
+
+def _toml(section: str, fields: dict[str, Field]) -> dict[str, Any]:
+    path = Path(os.environ.get("CONVIRT_CONFIG", "convirt.toml"))
+    if not path.is_file():
+        return {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        raise Decline from None
+    table = data.get(section, {})
+    if not isinstance(table, dict) or set(table) - set(fields):
+        raise Decline
+    return {k: v for k, v in data.items() if k in fields and not isinstance(v, dict)} | table
+
+
+def fast_config(section: str, fields: dict[str, Field], argv: list[str]) -> SimpleNamespace:
+    """The command's config from flags > CONVIRT_* > convirt.toml > defaults, or Decline."""
+    layers = [_toml(section, fields),
+              {k: os.environ[f"CONVIRT_{k.upper()}"] for k in fields if f"CONVIRT_{k.upper()}" in os.environ},
+              _flags(argv, fields)]
+    values = {k: f.default for k, f in fields.items()}
+    for layer in layers:
+        values |= {k: fields[k].check(v) for k, v in layer.items()}
+    return SimpleNamespace(**values)
+
+
+def _fast(argv: list[str]) -> Callable[[], None] | None:
+    """The work for argv when the fast lane takes it, else None."""
+    if len(argv) < 2 or argv[0] != "retrieve":  # `convirt retrieve` alone shows its help
+        return None
+    try:
+        cfg = fast_config("retrieve", RETRIEVE, argv[1:])
+    except Decline:
+        return None
+
+    def work() -> None:
+        from convirt_cli.cli.retrieval import retrieve
+
+        retrieve(cfg)
+    return work
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user mistake is one line on stderr and its exit code; Ctrl-C exits 130. Never a traceback for either."""
+    from convirt_cli.torchfree.errors import ConvirtError
+
+    try:
+        yield
+    except ConvirtError as e:
+        print(e.line(), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def run() -> None:
+    """Console entry point: the fast lane when it applies, else the typer CLI (cli/main.py)."""
+    work = _fast(sys.argv[1:])
+    if work is None:
+        from convirt_cli.cli.main import run as full
+
+        full()
+        return
+    with user_errors():
+        work()
