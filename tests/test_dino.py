@@ -53,6 +53,17 @@ def test_teacher_gets_no_gradients_and_follows_the_ema():
         assert torch.allclose(t, 0.9 * b + 0.1 * s)
 
 
+def test_teacher_targets_have_no_stochastic_depth():
+    """dino-tiny's student drops paths (rate 0.1) in train mode; its teacher copy never does."""
+    torch.manual_seed(0)
+    student = tiny_student().train()
+    teacher = make_teacher(student).train()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.equal(student(x)[0], student(x)[0])  # the check below can fail
+        assert torch.equal(teacher(x)[0], teacher(x)[0])
+
+
 def test_schedules():
     assert cosine_ramp(0, 100, 0.992, 1.0) == pytest.approx(0.992)
     assert cosine_ramp(50, 100, 0.992, 1.0) == pytest.approx(0.996)

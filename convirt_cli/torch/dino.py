@@ -127,8 +127,15 @@ class Student(nn.Module):
 
 
 def make_teacher(student: Student) -> Student:
+    """An EMA copy without stochastic depth or dropout (DINO and DINOv2 build their teacher without them), so its
+    targets carry no noise of their own while the loop keeps every module in train mode."""
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
+    for m in teacher.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "drop_prob"):  # timm's DropPath, transformers' Dinov2DropPath
+            m.drop_prob = 0.0
     return teacher
 
 
