@@ -3,6 +3,7 @@ command line it yields the config the typer command + pydantic would, and it lea
 
 from __future__ import annotations
 
+import os
 import typing
 
 import pytest
@@ -76,7 +77,7 @@ DECLINED = [  # the fast lane leaves these to the full CLI (most are mistakes it
 
 def _setup(env: dict, toml: str, monkeypatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)
-    for k in [k for k in __import__("os").environ if k.startswith("CONVIRT_")]:
+    for k in [k for k in os.environ if k.startswith("CONVIRT_")]:
         monkeypatch.delenv(k)
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -25,7 +25,7 @@ class Decline(Exception):
 
 
 class Field(NamedTuple):
-    opts: tuple[str, ...]  # flag spellings ("" none: settable by env / toml only)
+    opts: tuple[str, ...]  # flag spellings (none: settable by env / toml only)
     kind: str  # "value" | "multi" (repeatable) | "flag" (no value)
     check: Callable[[Any], Any]  # a flag / env string or a TOML value -> the config's value, or raise Decline
     default: Any

@@ -32,16 +32,15 @@ def retrieve(cfg: Any) -> None:
     from convirt_cli.torchfree.errors import ConvirtError
     from convirt_cli.torchfree.serve import formats
     from convirt_cli.torchfree.serve.backends import open_encoder
-    from convirt_cli.torchfree.serve.index import index_meta, latest_index, open_index
+    from convirt_cli.torchfree.serve.index import latest_index, open_index
     from convirt_cli.torchfree.serve.pipeline import encode_queries
     from convirt_cli.torchfree.serve.pipeline import retrieve as search
 
     index_dir = cfg.index or latest_index(cfg.runs_dir)
     texts, images = read_queries(cfg)
-    meta = index_meta(index_dir)
-    encoder = open_encoder(cfg.model or meta.get("model"), cfg.backend, cfg.device, cfg.runs_dir, cfg.threads,
-                           note=note, bulk=len(texts) + len(images) > 256)
     idx = open_index(index_dir)
+    encoder = open_encoder(cfg.model or idx.meta.get("model"), cfg.backend, cfg.device, cfg.runs_dir, cfg.threads,
+                           note=note, bulk=len(texts) + len(images) > 256)
     if encoder.fingerprint != idx.meta["fingerprint"]:
         raise ConvirtError(f"{idx.path} was built by another model (fingerprint {idx.meta['fingerprint']}, "
                            f"{idx.meta.get('model')}); {encoder.path} is {encoder.fingerprint}. Re-embed with "
