@@ -17,10 +17,11 @@ from convirt_cli.cli.main import app
 from convirt_cli.torch.data.multicrop import MultiCropParams, batch_masks, block_mask, multicrop
 from convirt_cli.torch.dino import DINOHead, Student, ema_update, load_head, make_teacher
 from convirt_cli.torch.model import create_model
+from convirt_cli.torch.objectives.dino import crop_params
 from convirt_cli.torch.train.param_groups import vit_param_groups
 from convirt_cli.torch.train.schedule import cosine_ramp, linear_warmup
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.registry import get_model_config
+from convirt_cli.torchfree.registry import DinoConfig, get_model_config
 
 runner = CliRunner()
 
@@ -72,6 +73,28 @@ def test_schedules():
     assert linear_warmup(0, 30, 0.04, 0.07) == pytest.approx(0.04)
     assert linear_warmup(15, 30, 0.04, 0.07) == pytest.approx(0.055)
     assert linear_warmup(30, 30, 0.04, 0.07) == linear_warmup(99, 30, 0.04, 0.07) == 0.07
+
+
+def test_preset_grey_level_augmentations_reach_the_views():
+    """dino.jitter_p / solarize_p (dino-tiny turns both off) are what the views get: a flat grey image stays flat and
+    unchanged without them, is jittered with them, and solarisation inverts the second global view only. (Compared
+    inside a 2-pixel rim: a crop touching the image edge samples up to half a pixel past it.)"""
+    grey = torch.full((16, 1, 72, 72), 200, dtype=torch.uint8)
+    level = 200 / 255
+
+    def views(**kw):
+        d = DinoConfig(global_size=64, local_size=32, n_local=2, **kw)
+        return [v[..., 2:-2, 2:-2] for v in multicrop(grey, torch.Generator().manual_seed(0), crop_params(d))]
+
+    def flat(v, value):
+        return torch.allclose(v, torch.full_like(v, value), atol=1e-4)
+
+    assert all(flat(v, level) for v in views(jitter_p=0.0, solarize_p=0.0))
+    assert all(not flat(v[i], level) for v in views(jitter_p=1.0, solarize_p=0.0) for i in range(len(v)))
+    g1, g2, *locals_ = views(jitter_p=0.0, solarize_p=1.0)
+    assert flat(g1, level) and flat(g2, 1 - level) and all(flat(v, level) for v in locals_)
+    preset = get_model_config("dino-tiny").dino
+    assert (preset.jitter_p, preset.solarize_p) == (0.0, 0.0) and DinoConfig().solarize_p == 0.2
 
 
 def test_block_masks_hit_their_ratio_on_their_share_of_images():
@@ -178,24 +201,33 @@ def test_image_only_bad_inputs_are_one_line(tmp_path):
 
 # ---------------------------------------------------------------- end to end on the example data
 
-def test_dino_tiny_run_reports_its_teacher_honestly(dino_run):
-    """No flags but --objective: the dino-tiny recipe. summary.json's verdict follows the teacher's entropy and the
-    prototypes in use (collapsed: entropy above 0.98 log K, the same flat distribution for every image, or a single
-    prototype). Seen on 2 CPU cores: on the example data dino-tiny's [CLS] head flattens to log K within ~120 steps
-    under every setting tried (benchmarks/RESULTS.md), while its backbone still learns (the probe test below)."""
+def test_dino_tiny_teacher_does_not_collapse(dino_run):
+    """No flags but --objective: the dino-tiny recipe on the example data. Its teacher stays between a tenth of
+    log K (not one prototype for everything) and 0.9 log K (not the same flat distribution for every image), uses
+    more than a couple of prototypes, and the student predicts it across views (its DINO loss well below
+    log K): seen on 2 CPU cores, teacher entropy ~0.55 log K and DINO loss ~0.65 log K over the
+    last steps. With DINOv2's grey-level augmentations or its teacher temperature it flattens to log K
+    (benchmarks/RESULTS.md)."""
     summary = json.loads((dino_run / "summary.json").read_text())
     learning = summary["learning"]
-    k = get_model_config(dino_run).dino.prototypes
+    d = get_model_config(dino_run).dino
+    log_k = math.log(d.prototypes)
     assert summary["status"] == "complete" and summary["objective"] == "dino"
-    assert 0 < learning["teacher_entropy"] <= math.log(k) + 1e-3 and learning["log_prototypes"] == round(math.log(k), 4)
-    flat = learning["teacher_entropy"] > 0.98 * math.log(k) or learning["prototypes_in_use"] <= 1 / k
-    assert learning["collapsed"] == flat and (("message" in learning) == flat), learning
+    assert learning["log_prototypes"] == round(log_k, 4)
+    assert 0.1 * log_k < learning["teacher_entropy"] < 0.9 * log_k, learning
+    assert learning["prototypes_in_use"] >= 4 / d.prototypes and not learning["collapsed"], learning
+    assert "message" not in learning
     records = [json.loads(x) for x in (dino_run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     for key in ("dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy", "prototypes_in_use", "momentum",
                 "teacher_temp", "lr", "weight_decay"):
         assert key in steps[-1], key
-    assert steps[0]["teacher_temp"] == pytest.approx(0.04) and steps[-1]["teacher_temp"] == pytest.approx(0.07)
+    cross_view = float(np.mean([r["dino_loss"] for r in steps[-20:]]))
+    assert cross_view < 0.8 * log_k, (cross_view, log_k)
+    print(f"\nteacher entropy {learning['teacher_entropy'] / log_k:.2f} log K, prototypes in use "
+          f"{learning['prototypes_in_use']:.2f}, DINO loss {cross_view / log_k:.2f} log K")
+    assert steps[0]["teacher_temp"] == pytest.approx(d.warmup_teacher_temp)
+    assert steps[-1]["teacher_temp"] == pytest.approx(d.teacher_temp)
     assert steps[-1]["momentum"] > steps[0]["momentum"]
     for part in ("image/config.json", "image/model.safetensors", "dino_head.safetensors", "model.json"):
         assert (dino_run / part).is_file(), part
@@ -211,7 +243,7 @@ def test_dino_tower_beats_the_untrained_one_in_a_linear_probe(dino_run, tmp_path
     table = json.loads((tmp_path / "ft" / "table.json").read_text())
     auc = {row["init"]: row["cells"]["1.0"]["mean"] for row in table["rows"]}
     trained, untrained = auc[dino_run.name], auc["random(dino-tiny)"]
-    assert trained > untrained + 0.04, auc  # seen on 2 CPU cores: 0.77 vs 0.71
+    assert trained > untrained + 0.03, auc  # seen on 2 CPU cores: 0.76 vs 0.71
 
 
 def test_image_only_run_everywhere_an_image_tower_goes(dino_run, tmp_path, covid_csv):

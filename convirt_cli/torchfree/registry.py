@@ -86,6 +86,9 @@ class DinoConfig(_Strict):
     n_local: int = 8
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
+    jitter: tuple[float, float] = (0.6, 1.4)  # brightness and contrast factors (DINOv2's ColorJitter 0.4)
+    jitter_p: float = 0.8
+    solarize_p: float = 0.2  # the second global view's
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_probability: float = 0.5
     layer_decay: float = 0.9

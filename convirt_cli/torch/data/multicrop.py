@@ -29,6 +29,7 @@ class MultiCropParams:
     jitter: tuple[float, float] = (0.6, 1.4)  # brightness and contrast factors (torchvision's 0.4)
     jitter_p: float = 0.8
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.2
 
     def views(self) -> list[tuple[AugmentParams, int]]:
         """(augmentation, output size) per view: global 1, global 2, then the locals."""
@@ -36,7 +37,7 @@ class MultiCropParams:
                              jitter_p=self.jitter_p, blur_sigma=self.blur_sigma, blur_ref_size=self.global_size,
                              **_NO_AFFINE)
         g1 = replace(base, blur_p=1.0)
-        g2 = replace(base, blur_p=0.1, solarize_p=0.2)
+        g2 = replace(base, blur_p=0.1, solarize_p=self.solarize_p)
         local = replace(base, crop_scale=self.local_scale, blur_p=0.5, blur_ref_size=self.global_size)
         return [(g1, self.global_size), (g2, self.global_size)] + [(local, self.local_size)] * self.n_local
 

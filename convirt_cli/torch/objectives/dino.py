@@ -59,6 +59,12 @@ def released_head(cfg: PretrainConfig, image_weights: Path | None) -> Path | Non
     return None
 
 
+def crop_params(d: DinoConfig) -> MultiCropParams:
+    """The preset's multi-crop: sizes, scales and the grey-level augmentations."""
+    return MultiCropParams(d.global_size, d.local_size, d.n_local, tuple(d.global_scale), tuple(d.local_scale),
+                           tuple(d.jitter), d.jitter_p, solarize_p=d.solarize_p)
+
+
 class DINOObjective:
     name = "dino"
     need_text = False
@@ -87,8 +93,7 @@ class DINOObjective:
         # classic centring keeps one running centre for the [CLS] outputs and one for the patches (iBOT's)
         self.module.register_buffer("center", torch.zeros(1, d.prototypes))
         self.module.register_buffer("patch_center", torch.zeros(1, d.prototypes))
-        self.crops = MultiCropParams(d.global_size, d.local_size, d.n_local, tuple(d.global_scale),
-                                     tuple(d.local_scale))
+        self.crops = crop_params(d)
         self.patch = patch_size(tower) if use_patches else 0
         if use_patches and (d.global_size % self.patch or d.local_size % self.patch):
             from convirt_cli.torchfree.errors import ConvirtError
@@ -251,9 +256,11 @@ class DINOObjective:
                "collapsed": collapsed, "warned": warned_at}
         if collapsed:
             other = "center" if self.d.centering == "sinkhorn" else "sinkhorn"
-            fixes = (f"the same flat distribution for every image; things to try: more steps, dino.centering {other}, "
-                     "a lower dino.teacher_temp, fewer dino.prototypes (benchmarks/RESULTS.md lists what was tried "
-                     "on dino-tiny)" if ent > 0.98 * log_k else
+            fixes = ("the same flat distribution for every image; things to try: weaker grey-level augmentation "
+                     "(dino.jitter_p 0, dino.solarize_p 0; benchmarks/dino_views.py shows whether an untrained tower "
+                     "finds an image's two views alike), a lower dino.teacher_temp and dino.warmup_teacher_temp, "
+                     f"dino.centering {other} (benchmarks/RESULTS.md lists what was tried on dino-tiny)"
+                     if ent > 0.98 * log_k else
                      f"one prototype for every image; things to try: dino.centering {other}, a longer "
                      "dino.teacher_temp_warmup, a lower --lr")
             out["message"] = (f"the teacher's entropy ended at {ent:.3f} of log K = {log_k:.3f} with {used:.1%} of the "
