@@ -3,6 +3,7 @@
 
     python benchmarks/dino_views.py [--model dino-tiny] [--data examples/data] [--images 128]
 
+Each setting changes the grey-level augmentations of the preset's two global views (its crop sizes and scales kept).
 Agreement: the cosine between the batch-centred [CLS] tokens of an image's two global views, averaged over images
 (`same`), beside the same between different images (`other`). Where `same` is near `other`, the teacher's target on
 one view carries nothing the other view can predict: the student's best answer is the batch average, and centring
@@ -50,7 +51,7 @@ def main() -> None:
     from convirt_cli.torch.model import create_model
     from convirt_cli.torch.objectives.dino import crop_params
     from convirt_cli.torchfree.data.readers import read_rows
-    from convirt_cli.torchfree.registry import get_model_config
+    from convirt_cli.torchfree.registry import DinoConfig, get_model_config
 
     torch.manual_seed(0)
     cfg = get_model_config(args.model)
@@ -61,12 +62,16 @@ def main() -> None:
     paths = [row.image for row in read_rows(args.data, text_col=None)][: args.images]
     images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("L").resize((size, size)))) for p in paths])
     images = images[:, None]
-    base = replace(crop_params(d), n_local=0)
-    settings = {"the preset": base, "no brightness/contrast jitter": replace(base, jitter_p=0.0),
-                "no solarisation": replace(base, solarize_p=0.0), "no blur": replace(base, blur_sigma=(1e-3, 1e-3)),
-                "global crops 80-100 %": replace(base, global_scale=(0.8, 1.0)),
-                "none of these (crops and flips only)": replace(base, jitter_p=0.0, solarize_p=0.0,
-                                                                blur_sigma=(1e-3, 1e-3))}
+    preset = replace(crop_params(d), n_local=0)
+    v2 = DinoConfig()  # DINOv2's grey-level augmentations on the preset's crops
+    dinov2 = replace(preset, jitter=tuple(v2.jitter), jitter_p=v2.jitter_p, solarize_p=v2.solarize_p)
+    settings = {"DINOv2's (jitter, solarisation, blur)": dinov2,
+                "DINOv2's without jitter": replace(dinov2, jitter_p=0.0),
+                "DINOv2's without solarisation": replace(dinov2, solarize_p=0.0),
+                "DINOv2's without blur": replace(dinov2, blur_sigma=(1e-3, 1e-3)),
+                "DINOv2's with milder jitter (0.9-1.1)": replace(dinov2, jitter=(0.9, 1.1)),
+                f"the preset ({args.model})": preset,
+                "crops and flips only": replace(preset, jitter_p=0.0, solarize_p=0.0, blur_sigma=(1e-3, 1e-3))}
     out = {}
     for name, params in settings.items():
         g = torch.Generator().manual_seed(1)
