@@ -233,3 +233,24 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, covid_csv, s
     resumed = pretrain(PretrainConfig(out=run, resume=True, max_steps=step + 2, runs_dir=runs))
     assert _steps(resumed) == list(range(1, step + 3))
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+
+
+def test_plots_name_their_loss_and_draw_empty_axes_quietly(tmp_path, monkeypatch):
+    """The loss plot's y axis names the objective's loss; nothing labelled (no step, no finished cell) draws empty
+    axes without matplotlib's legend warning."""
+    import warnings
+
+    import matplotlib.axes
+
+    from convirt_cli.torchfree.plots import data_efficiency, loss_curve
+
+    labels = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel", lambda self, text, *a, **k: labels.append(text))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_curve([{"step": 1, "loss": 2.0}], tmp_path / "loss.png", "DINO + iBOT + KoLeo loss")
+        loss_curve([], tmp_path / "empty.png")
+        data_efficiency({"rows": [{"init": "random", "cells": {}}], "fractions": [0.1, 1.0], "split": "test",
+                         "metric": "auc"}, tmp_path / "eff.png")
+    assert labels[0] == "DINO + iBOT + KoLeo loss"
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("loss.png", "empty.png", "eff.png"))

@@ -12,7 +12,13 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def loss_curve(records: list[dict], path: Path, title: str = "") -> None:
+def _legend(ax, **kw) -> None:
+    """A legend only when something is labelled (a run with no finished cell draws empty axes, without a warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
+def loss_curve(records: list[dict], path: Path, ylabel: str = "loss", title: str = "") -> None:
     """Train loss per logged step and validation loss per epoch."""
     import matplotlib
 
@@ -27,10 +33,10 @@ def loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     if val:
         ax.plot(*zip(*val), "o-", label="val loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("ConVIRT loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(ax)
     _save(fig, path)
     plt.close(fig)
 
@@ -58,6 +64,6 @@ def data_efficiency(table: dict, path: Path, title: str = "") -> None:
     ax.set_ylabel(f"{table['split']} {table['metric']}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     _save(fig, path)
     plt.close(fig)

@@ -18,6 +18,7 @@ from convirt_cli.torchfree.data.readers import Row
 
 class Objective(Protocol):
     name: str
+    loss_label: str  # what the loss plot's y axis says
     need_text: bool  # rows without text are skipped before training
     module: torch.nn.Module  # every weight a checkpoint holds (towers, heads; a teacher, centres)
     batch_size: int  # the global batch the loss sees (for the collapse guard)

@@ -29,6 +29,7 @@ VAL_RETRIEVAL_ROWS = 1000  # a fixed subset keeps the per-epoch check cheap on l
 
 class ConVIRTObjective:
     name = "convirt"
+    loss_label = "ConVIRT loss (image<->text InfoNCE)"
     need_text = True
 
     def __init__(self, model: ConVIRT, cfg: PretrainConfig, device: torch.device, dist: Dist):

@@ -67,6 +67,7 @@ def crop_params(d: DinoConfig) -> MultiCropParams:
 
 class DINOObjective:
     name = "dino"
+    loss_label = "DINO + iBOT + KoLeo loss"
     need_text = False
     guard_batch = 0  # collapse shows in the teacher's entropy, not in a loss at ln(batch)
 

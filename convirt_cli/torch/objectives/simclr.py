@@ -34,6 +34,7 @@ class _Net(torch.nn.Module):
 
 class SimCLRObjective:
     name = "simclr"
+    loss_label = "SimCLR loss (NT-Xent)"
     need_text = False
 
     def __init__(self, model: ImageModel, cfg: PretrainConfig, device: torch.device, dist: Dist):

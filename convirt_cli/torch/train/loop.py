@@ -456,7 +456,8 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
         if cfg.plot:
             from convirt_cli.torchfree.plots import loss_curve
 
-            loss_curve(read_jsonl(metrics_path), run / "loss.png", title=f"{Path(cfg.model).stem} on {Path(cfg.data).name}")
+            loss_curve(read_jsonl(metrics_path), run / "loss.png", obj.loss_label,
+                       title=f"{Path(cfg.model).stem} on {Path(cfg.data).name}")
         set_latest(cfg.runs_dir, run)
     if summary["learning"].get("collapsed"):
         rep.warn(f"{run} did not learn: {summary['learning']['message']}")
