@@ -99,7 +99,11 @@ def augment(images: torch.Tensor, g: torch.Generator, p: AugmentParams = Augment
     n, size = x.shape[0], out_size or x.shape[-1]
     theta = geometry_matrices(n, p, g).to(x.device)
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # a crop alone never shows what lies outside the image, but its edge pixels may sample up to half a pixel past
+    # it: replicate the edge there (zeros would draw a dark rim on every crop touching the border). Rotations and
+    # shifts do show the outside: black, as torchvision fills it.
+    pure_crop = p.degrees == 0 and p.translate == 0 and tuple(p.scale) == (1.0, 1.0)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border" if pure_crop else "zeros", align_corners=False)
     bright = _uniform(n, *p.brightness, g).to(x).view(n, 1, 1, 1)
     contrast = _uniform(n, *p.contrast, g).to(x).view(n, 1, 1, 1)
     if (jitter := _chance(n, p.jitter_p, g)) is not None:  # the others keep factor 1
