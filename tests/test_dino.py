@@ -190,6 +190,18 @@ def test_images_smaller_than_the_crops_are_named_once(tmp_path):
     assert r.output.count(warning) == 1, r.output
 
 
+def test_a_dino_run_is_named_after_its_model(tmp_path):
+    """`pretrain DATA --objective dino` trains dino-tiny: its new folder says so (it said `tiny-...`)."""
+    from convirt_cli.torch.train.distributed import Dist
+    from convirt_cli.torch.train.loop import find_run, new_run, resolve_config
+    from convirt_cli.torchfree.config import PretrainConfig
+
+    cfg = PretrainConfig(data=EXAMPLES, objective="dino", runs_dir=tmp_path / "runs")
+    assert find_run(cfg) is None
+    cfg = resolve_config(cfg, None)
+    assert new_run(cfg, Dist(0, 1), torch.device("cpu")).name.startswith("dino-tiny-")
+
+
 def test_image_only_bad_inputs_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     r = runner.invoke(app, ["pretrain", str(tmp_path / "empty"), "--objective", "dino"])

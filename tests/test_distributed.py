@@ -45,3 +45,32 @@ def test_two_process_gather_matches_one_process(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     lines = sorted(line for o, _ in outs for line in o.splitlines() if line.startswith("RANK"))
     assert lines == ["RANK 0 OK 0.0", "RANK 1 OK 3.0"], outs
+
+
+NAMING = textwrap.dedent("""
+    import time, torch, torch.distributed as dist
+    from pathlib import Path
+    from convirt_cli.torch.train.distributed import Dist
+    from convirt_cli.torch.train.loop import new_run
+    from convirt_cli.torchfree.config import PretrainConfig
+    dist.init_process_group("gloo")
+    r = dist.get_rank()
+    if r == 1:  # this rank's clock is a minute ahead: it would name another folder on its own
+        real = time.time
+        time.time = lambda: real() + 60
+    cfg = PretrainConfig(data=Path("."), runs_dir=Path("runs"))
+    print("RANK", r, new_run(cfg, Dist(r, 2), torch.device("cpu")).name)
+    dist.destroy_process_group()
+""")
+
+
+def test_ranks_name_a_new_run_alike(tmp_path):
+    """`torchrun ... pretrain DATA` without --out: every rank trains into rank 0's folder (named by its clock)."""
+    script = tmp_path / "naming.py"
+    script.write_text(NAMING)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    names = {line.split()[2] for o, _ in outs for line in o.splitlines() if line.startswith("RANK")}
+    assert len(names) == 1 and next(iter(names)).startswith("tiny-"), outs

@@ -23,8 +23,8 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / RUN_MODEL_FILE).is_file()
 
 
-def new_run_name(model: str) -> str:
-    return f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+def new_run_name(model: str, when: float | None = None) -> str:
+    return f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
 
 
 def set_latest(runs_dir: Path, run: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -67,3 +68,14 @@ def all_reduce_mean(value: float, d: Dist, device: torch.device) -> float:
     t = torch.tensor([value], device=device, dtype=torch.float64)
     dist.all_reduce(t)
     return float(t) / d.world
+
+
+def rank0_time(d: Dist, device: torch.device) -> float:
+    """Rank 0's clock on every rank: what a new run's name is stamped with, so that all ranks name the same folder
+    (each rank's own clock may have ticked past a second by the time it gets here)."""
+    now = time.time()
+    if d.world == 1:
+        return now
+    t = torch.tensor([now], dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return float(t.item())

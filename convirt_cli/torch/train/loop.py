@@ -26,7 +26,7 @@ from convirt_cli.torch.objectives.convirt import ConVIRTObjective
 from convirt_cli.torch.train import guard
 from convirt_cli.torch.train.checkpoint import load_latest, save_checkpoint
 from convirt_cli.torch.train.device import grad_scaler, pick_device
-from convirt_cli.torch.train.distributed import Dist, init_distributed
+from convirt_cli.torch.train.distributed import Dist, init_distributed, rank0_time
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 from convirt_cli.torch.train.stop import StopOnSignal, ignore_signals
 from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
@@ -79,8 +79,9 @@ class _State:
 
 # ---------------------------------------------------------------- config and run directory
 
-def find_run(cfg: PretrainConfig) -> Path:
-    """The run directory: --out, the newest run with a checkpoint (--resume), or a new runs/<name>."""
+def find_run(cfg: PretrainConfig) -> Path | None:
+    """The run directory: --out, or the newest run with a checkpoint (--resume); None: a new run, named once its
+    config is resolved (its model: dino-tiny for --objective dino) and the ranks agree on the time (new_run)."""
     if cfg.out is not None:
         return cfg.out
     if cfg.resume:
@@ -88,10 +89,14 @@ def find_run(cfg: PretrainConfig) -> Path:
         if not runs:
             raise ConvirtError(f"--resume: no run with a checkpoint in {cfg.runs_dir}/; pass --out RUN_DIR")
         return max(runs, key=lambda r: max(p.stat().st_mtime for p in (r / "checkpoints").iterdir()))
-    return cfg.runs_dir / (cfg.name or new_run_name(cfg.model))
+    return None
 
 
-def resolve_config(cfg: PretrainConfig, run: Path) -> PretrainConfig:
+def new_run(cfg: PretrainConfig, dist: Dist, device: torch.device) -> Path:
+    return cfg.runs_dir / (cfg.name or new_run_name(cfg.model, rank0_time(dist, device)))
+
+
+def resolve_config(cfg: PretrainConfig, run: Path | None) -> PretrainConfig:
     """--resume: the run's saved settings, then what the user set now; a new run: the preset's recipe under the
     user's settings. A run never silently changes recipe between its start and its resume."""
     if cfg.resume:
@@ -261,6 +266,7 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
         torch.cuda.set_device(device)
     if not dist.main:
         rep = NullReporter()  # one progress bar, from rank 0
+    run = run or new_run(cfg, dist, device)
 
     need_text = cfg.objective not in IMAGE_ONLY
     if is_shard_source(cfg.data):
