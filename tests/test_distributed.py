@@ -36,14 +36,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_gather_matches_one_process(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(SCRIPT)
+def two_ranks(script_text: str, path) -> tuple[list[str], list]:
+    """Run a script as ranks 0 and 1 of a gloo group: (its lines starting with RANK, sorted; every (out, err))."""
+    path.write_text(script_text)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+    procs = [subprocess.Popen([sys.executable, str(path)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
-    lines = sorted(line for o, _ in outs for line in o.splitlines() if line.startswith("RANK"))
+    return sorted(line for o, _ in outs for line in o.splitlines() if line.startswith("RANK")), outs
+
+
+def test_two_process_gather_matches_one_process(tmp_path):
+    lines, outs = two_ranks(SCRIPT, tmp_path / "ddp.py")
     assert lines == ["RANK 0 OK 0.0", "RANK 1 OK 3.0"], outs
 
 
@@ -66,11 +70,6 @@ NAMING = textwrap.dedent("""
 
 def test_ranks_name_a_new_run_alike(tmp_path):
     """`torchrun ... pretrain DATA` without --out: every rank trains into rank 0's folder (named by its clock)."""
-    script = tmp_path / "naming.py"
-    script.write_text(NAMING)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    names = {line.split()[2] for o, _ in outs for line in o.splitlines() if line.startswith("RANK")}
-    assert len(names) == 1 and next(iter(names)).startswith("tiny-"), outs
+    lines, outs = two_ranks(NAMING, tmp_path / "naming.py")
+    names = {line.split()[2] for line in lines}
+    assert len(lines) == 2 and len(names) == 1 and next(iter(names)).startswith("tiny-"), outs
