@@ -1,5 +1,6 @@
 """Every preset builds (tiny sizes where a download would be needed) and encodes to its projection size."""
 
+import json
 import os
 
 import pytest
@@ -94,6 +95,11 @@ def test_preset_json_path_and_bad_field(tmp_path):
     bad.write_text('{"image": {"name": "resnet18", "colour": 1}, "text": {"name": "x"}}')
     with pytest.raises(ConvirtError, match="bad.json: field 'image.colour'"):
         get_model_config(bad)
+    odds = tmp_path / "odds.json"
+    odds.write_text(json.dumps(get_model_config("dino-tiny").model_dump(mode="json") | {"dino": {"jitter_p": 1.5}}))
+    with pytest.raises(ConvirtError, match="odds.json: field 'dino.jitter_p'") as e:
+        get_model_config(odds)
+    assert "\n" not in str(e.value)
 
 
 def test_offline_hub_download_is_one_clear_error(monkeypatch):

@@ -87,10 +87,10 @@ class DinoConfig(_Strict):
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
     jitter: tuple[float, float] = (0.6, 1.4)  # brightness and contrast factors (DINOv2's ColorJitter 0.4)
-    jitter_p: float = 0.8
-    solarize_p: float = 0.2  # the second global view's
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    solarize_p: float = Field(0.2, ge=0, le=1)  # the second global view's
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    mask_probability: float = 0.5
+    mask_probability: float = Field(0.5, ge=0, le=1)
     layer_decay: float = 0.9
     patch_embed_lr_mult: float = 0.2
     weight_decay_end: float = 0.4  # cosine from --weight-decay to this

@@ -4,7 +4,8 @@ two views. Batched on the training device like ConVIRT's augmentations (transfor
 Multi-crop (Caron et al. 2020/2021, DINOv2 defaults): 2 global crops covering 32-100% of the image and N local
 crops covering 5-32%, each flipped with p = 0.5 and brightness/contrast-jittered with p = 0.8 (no saturation or hue:
 radiographs are grey); Gaussian blur always on the first global view, with p = 0.1 on the second and p = 0.5 on the
-locals; the second global view is solarised with p = 0.2 (grey levels >= 0.5 inverted).
+locals; the second global view is solarised with p = 0.2 (grey levels >= 0.5 inverted). A preset may turn the jitter and
+the solarisation off (dino.jitter_p, dino.solarize_p): dino-tiny does, see benchmarks/dino_views.py.
 """
 
 from __future__ import annotations
