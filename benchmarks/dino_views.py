@@ -41,9 +41,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    import numpy as np
     import torch
-    from PIL import Image
 
     from convirt_cli.torch.data.multicrop import multicrop
     from convirt_cli.torch.data.transforms import to_model_input
@@ -51,6 +49,7 @@ def main() -> None:
     from convirt_cli.torch.model import create_model
     from convirt_cli.torch.objectives.dino import crop_params
     from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.imageio import load_gray
     from convirt_cli.torchfree.registry import DinoConfig, get_model_config
 
     torch.manual_seed(0)
@@ -60,8 +59,7 @@ def main() -> None:
     student = Student(model.image, None, None, use_patches=d.ibot_weight > 0).eval()
     size = max(d.global_size, cfg.image.image_size)
     paths = [row.image for row in read_rows(args.data, text_col=None)][: args.images]
-    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("L").resize((size, size)))) for p in paths])
-    images = images[:, None]
+    images = torch.stack([torch.from_numpy(load_gray(p, size, cfg.image.window)) for p in paths])[:, None]
     preset = replace(crop_params(d), n_local=0)
     v2 = DinoConfig()  # DINOv2's grey-level augmentations on the preset's crops
     dinov2 = replace(preset, jitter=tuple(v2.jitter), jitter_p=v2.jitter_p, solarize_p=v2.solarize_p)
