@@ -211,14 +211,12 @@ def calibration_images(model, run: Path, n: int = 64, seed: int = 1) -> tuple[np
 
 def quantize_image(path: Path, pixels: np.ndarray) -> dict:
     """image.onnx (fp32) -> static int8 (QDQ): weights per output channel, activations with ranges calibrated on
-    `pixels`. On x86 CPUs without VNNI the weights are stored unsigned (u8 x u8 kernels, which do not saturate
-    where u8 x s8 ones would), as onnxruntime advises."""
+    `pixels`. Weights stay signed on every machine; where u8 x s8 products would saturate (x86 without VNNI) the
+    serving session has onnxruntime store them unsigned at load (convirt_cli.torchfree.serve.providers)."""
     import logging
 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from convirt_cli.torch.quantize import u8s8_saturates
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -232,21 +230,20 @@ def quantize_image(path: Path, pixels: np.ndarray) -> dict:
     src = path.with_suffix(".f32.onnx")
     onnx.save(m, str(src))
     tmp = path.with_suffix(".int8.onnx")
-    unsigned = u8s8_saturates()
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
         quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "MatMul"])  # the projection head's Gemms stay fp32: tiny
     finally:
         root.setLevel(level)
         src.unlink(missing_ok=True)
     os.replace(tmp, path)
     return {"method": "onnxruntime static int8 (QDQ, per-channel weights)", "weight_bits": 8,
-            "weights": "uint8 (u8 x u8 kernels)" if unsigned else "int8", "calibration_images": len(pixels)}
+            "weights": "int8", "calibration_images": len(pixels)}
 
 
 def to_int8(path: Path) -> None:

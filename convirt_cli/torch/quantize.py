@@ -178,28 +178,12 @@ def _producer(graph, name: str):
     return next((n for n in graph.node if name in n.output), None)
 
 
-def u8s8_saturates() -> bool:
-    """True on x86 CPUs without VNNI: there onnxruntime's u8 x s8 kernels add pairs of products in int16
-    (vpmaddubsw), which 255 * 127 * 2 overflows. The export then stores weights unsigned (u8 x u8 kernels widen
-    to 16 bits first and do not saturate); 7-bit signed weights are the other way out."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return False  # ARM's dot-product instructions accumulate in int32
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return True  # cannot tell: take the safe range
-    return not ({"avx512_vnni", "avx_vnni"} & set(flags))
-
-
-def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = None,
-                       unsigned_weights: bool | None = None) -> dict:
+def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
     """Rewrite the fp32 text graph at `path` in place (per-token int8, see the module doc), calibrated on
     `feeds` (input dicts of the graph: input_ids, attention_mask). Returns a summary for the manifest.
-    unsigned_weights: store the 8-bit weights as uint8 with zero point 128, so onnxruntime runs its u8 x u8
-    kernels, which widen to 16 bits before multiplying and never saturate: full 8-bit weights on x86 CPUs
-    without VNNI (default: where u8s8_saturates()). weight_bits: 7 keeps the old safe range instead.
+    The weights stay signed 8-bit on every machine, so an export runs anywhere: x86 CPUs without VNNI would
+    saturate u8 x s8 products in int16, and there the serving session (convirt_cli.torchfree.serve.providers)
+    has onnxruntime turn them unsigned at load.
     ValueError, with `path` untouched, where the graph has nothing to quantise or onnxruntime cannot run it."""
     import onnx
     from onnx import helper, numpy_helper, version_converter
@@ -209,9 +193,6 @@ def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = 
     except Exception as e:
         raise ValueError(f"cannot move the text graph to opset 21: {e}") from e
     del m.graph.value_info[:]
-    unsigned = u8s8_saturates() if unsigned_weights is None else unsigned_weights
-    bits = weight_bits or 8
-    qmax = (1 << (bits - 1)) - 1
     g = m.graph
     groups = linear_groups(g)
     if not groups:
@@ -228,16 +209,14 @@ def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = 
     all_nodes = list(g.node)
     before: dict[int, list] = {}  # position -> nodes to insert before it
     replaced: dict[int, list] = {}  # position -> nodes replacing it
-    summary = {"matmuls": 0, "shifted": 0, "weight_bits": bits, "zero_points": [],
-               "weights": "uint8, zero point 128 (u8 x u8 kernels)" if unsigned else "int8"}
-    wzp = const("q8_wzp", np.uint8(128)) if unsigned else None
+    summary = {"matmuls": 0, "shifted": 0, "weight_bits": 8, "zero_points": [], "weights": "int8"}
     for gi, (x, where) in enumerate(groups.items()):
         nodes = [all_nodes[i] for i in where]
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         k, n_out = weights[0].shape[0], sum(w.shape[1] for w in weights)
         prod = _producer(g, x)
         folds = prod is not None and prod.op_type == "LayerNormalization" and all(i in inits for i in prod.input[1:3])
-        plan = plan_group(acts[x], weights, transform=folds or k <= n_out, qmax=qmax)
+        plan = plan_group(acts[x], weights, transform=folds or k <= n_out)
         p = f"q8_{gi}_"
         pre: list = []
         src = x
@@ -274,8 +253,7 @@ def quantize_text_int8(path: Path, feeds: list[dict], weight_bits: int | None = 
                 add, i = bias
                 add.input[i] = const(f"{p}bias{j}", numpy_helper.to_array(inits[add.input[i]]) + delta)
             extra_add = plan.mu is not None and bias is None
-            wq = (q.astype(np.int16) + 128).astype(np.uint8) if unsigned else q
-            mm_in = [p + "q", const(f"{p}w{j}", wq), one, const(f"{p}step{j}", step), zp0] + ([wzp] if unsigned else [])
+            mm_in = [p + "q", const(f"{p}w{j}", q), one, const(f"{p}step{j}", step), zp0]
             chain = [helper.make_node("MatMulIntegerToFloat", mm_in, [f"{p}y{j}"], domain="com.microsoft"),
                      helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [f"{p}ys{j}" if extra_add else out])]
             if extra_add:

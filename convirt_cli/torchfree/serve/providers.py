@@ -5,6 +5,11 @@ errors and falls back. So we first ask the CUDA driver (libcuda, via ctypes) whe
 then let `onnxruntime.preload_dlls()` load CUDA/cuDNN from the nvidia-* wheels that torch installs
 (it prints to stdout, which must stay clean for `retrieve --format paths`), and finally keep CUDA only
 if the created session actually reports it.
+
+int8 exports keep signed 8-bit weights (fast u8 x s8 kernels with VNNI). x86 CPUs without VNNI (AVX2 only,
+AVX-512 without VNNI) add pairs of u8 x s8 products in int16 and saturate; every session asks onnxruntime to
+turn such weights unsigned at load there (`session.x64quantprecision`, which onnxruntime applies only on CPUs
+that overflow), so one export gives the same embeddings on every CPU.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ def session(path: Path, device: str = "auto", threads: int | None = None, bulk: 
         opts.add_session_config_entry("session.disable_prepacking", "1")
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.x64quantprecision", "1")  # exact int8 without VNNI (module doc)
     opts.log_severity_level = 3  # errors only: no "some nodes were not assigned" warnings
     if threads:
         opts.intra_op_num_threads = threads
