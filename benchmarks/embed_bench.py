@@ -155,13 +155,14 @@ def main() -> None:
     p.add_argument("--presets", default="convirt-resnet18-minilm,tiny")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    from embed_image_bench import cpu_flags  # this folder is on sys.path when run as a script
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     with REPORTS.open(encoding="utf-8") as f:
         texts = [r["report"] for r in csv.DictReader(f) if r["report"].strip()]
     out = {"benchmark": "embed_bench", "threads": a.threads, "image_batch": a.image_batch, "text_batch": a.text_batch,
-           "machine": f"{platform.machine()} {os.cpu_count()} cpu", "torch": torch.__version__,
+           "machine": f"{platform.machine()} {os.cpu_count()} cpu", "cpu_flags": cpu_flags(), "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d"),
            "results": [bench(name, texts, a.threads, a.image_batch, a.text_batch) for name in a.presets.split(",")]}
     print(json.dumps(out))
