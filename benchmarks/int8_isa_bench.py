@@ -14,7 +14,7 @@ eager on this machine: the export gate's numbers (min cosine on the gate's texts
 `probe` says what each CPU's u8 x s8 kernel does with 255 * 127 summed 64 times: exact or saturated.
 Emulation speed means nothing, so only agreement is reported here; speed lives in embed_bench / embed_image_bench.
 
-    python benchmarks/int8_isa_bench.py --instructions      (~40 min on 2 cores)
+    python benchmarks/int8_isa_bench.py --instructions      (~45 min on 2 cores)
 
 instead counts the instructions one forward pass executes on an AVX2 CPU without VNNI (valgrind's callgrind, whose
 virtual CPU has AVX2 and FMA but neither AVX-512 nor VNNI): fp32, int8 as served and int8 in a plain session
@@ -61,19 +61,26 @@ def probe() -> str:
     return "exact" if int(y[0, 0]) == 255 * 127 * k else "saturates"
 
 
-def child(export: Path, inputs: Path, out: Path, mode: str) -> None:
-    """Torch-free: embed the inputs with the export; mode 'served' (providers.session) or 'plain' (a bare session)."""
+def use_plain_sessions() -> None:
+    """Make the encoder open bare onnxruntime sessions (no session.x64quantprecision): what int8 did before."""
     import onnxruntime as ort
 
     from convirt_cli.torchfree.serve import providers
+
+    def plain(path, device="cpu", threads=None, bulk=True):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), "cpu"
+
+    providers.session = plain
+
+
+def child(export: Path, inputs: Path, out: Path, mode: str) -> None:
+    """Torch-free: embed the inputs with the export; mode 'served' (providers.session) or 'plain' (a bare session)."""
     from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     if mode == "plain":
-        def plain(path, device="cpu", threads=None, bulk=True):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads or 0
-            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), "cpu"
-        providers.session = plain
+        use_plain_sessions()
     spec = json.loads(inputs.read_text())
     enc = OnnxEncoder(export, "cpu", 2)
     gate = enc.encode_texts(spec["gate_texts"], batch_size=8, by_length=False)
@@ -84,17 +91,10 @@ def child(export: Path, inputs: Path, out: Path, mode: str) -> None:
 
 def count(export: Path, tower: str, mode: str, n: int, inputs: Path) -> None:
     """Torch-free: one warm-up forward then `n` more of the `tower` (valgrind counts the difference of n=0 and 1)."""
-    import onnxruntime as ort
-
-    from convirt_cli.torchfree.serve import providers
     from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     if mode == "plain":
-        def plain(path, device="cpu", threads=None, bulk=True):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), "cpu"
-        providers.session = plain
+        use_plain_sessions()
     enc = OnnxEncoder(export, "cpu", 1)
     spec = np.load(inputs)
     if tower == "image":
