@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import rate  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 COVID = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
@@ -33,16 +34,6 @@ def cpu_flags() -> list[str]:
     except OSError:
         return []
     return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def rate(fn, n: int, rounds: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
 
 
 def main() -> None:

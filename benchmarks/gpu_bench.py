@@ -1,21 +1,28 @@
-"""On a GPU: RAD-DINO's ViT-B/14 (`raddino-vitb14`, a transformers Dinov2Model built from its config) trained with
-`--objective dino` at the paper's crops (2 x 518 px + 8 x 224 px), images/s per GPU in bf16; and ConVIRT's peak
-CUDA memory against the contrastive batch, with and without --grad-checkpointing, and the same sub-batch with
---accum-steps. ONE JSON line.
+"""On a GPU, `convirt pretrain`'s own loop (data loader, augmentation, loss, AdamW) timed per step. ONE JSON line
+per part:
 
-    python benchmarks/gpu_bench.py [--dino-batch 32] [--convirt-batches 32,64,128,256]
+    python benchmarks/gpu_bench.py --part throughput   # R50 + BERT-base, bf16: batch x channels-last, eager
+    python benchmarks/gpu_bench.py --part compile      # the same at the largest batch under torch.compile
+    python benchmarks/gpu_bench.py --part memory       # peak CUDA memory vs batch, --grad-checkpointing, GradCache
+    python benchmarks/gpu_bench.py --part dino         # RAD-DINO ViT-B/14, 2 x 518 + 8 x 224 crops
+    python benchmarks/gpu_bench.py --part bare         # the model step alone on synthetic tensors: the ceiling
 
-The images are the example data's, upsampled: throughput is the model's, not the decoder's (decoded images are
-cached). ConVIRT's towers: ResNet-50 (timm) and a 12-layer, 768-wide BERT built from a config (no download).
+ConVIRT's towers: ResNet-50 (timm) and a 12-layer, 768-wide BERT built from a config (no download), reports
+cut at 128 tokens, projection 2048 -> 512. The data are the example pairs repeated (all `train`), so one epoch
+spans many steps and the loader's restart at each epoch is not what is timed; images are 128 px PNGs resized to
+224, so the decoder is not the bottleneck either: these are the model's numbers. samples/s counts the steps
+after `--warmup` (compilation included there). `--device cpu --batches 4 --steps 3` smoke-tests the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import gc
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,23 +34,29 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "data"
 
 
-def run(cfg_kw: dict, tmp: Path, name: str) -> tuple[list[float], float]:
-    from convirt_cli.torch.train.loop import pretrain
-    from convirt_cli.torchfree.config import PretrainConfig
+def repeated_data(tmp: Path, times: int) -> Path:
+    """The example pairs `times` over, every row `train` (no validation pass inside the timed steps)."""
+    out = tmp / "data"
+    out.mkdir()
+    with open(EXAMPLES / "pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(out / "pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "text", "split"])
+        w.writeheader()
+        for k in range(times):  # each copy its own files: pretrain drops a repeated (image, text) pair
+            shutil.copytree(EXAMPLES / "images", out / f"copy{k}")
+            w.writerows({"image": f"copy{k}/{Path(r['image']).name}", "text": r["text"], "split": "train"} for r in rows)
+    return out
 
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    timer = make_timer(torch.cuda.synchronize)
-    pretrain(PretrainConfig(data=EXAMPLES, out=tmp / name, runs_dir=tmp / "runs", device="cuda", plot=False,
-                            epochs=1000, checkpoint_every=0, val_fraction=0.0, **cfg_kw), timer)
-    return timer.stamps, torch.cuda.max_memory_allocated() / 2**30
 
-
-def convirt_preset(tmp: Path) -> str:
+def convirt_preset(tmp: Path, small: bool) -> str:
     from convirt_cli.torchfree.registry import get_model_config
 
     cfg = get_model_config("tiny")
+    if small:  # the smoke test: the tiny preset itself
+        path = tmp / "tiny.json"
+        path.write_text(cfg.model_copy(update={"train": {}}).model_dump_json())
+        return str(path)
     image = cfg.image.model_copy(update={"name": "resnet50", "kwargs": {}, "image_size": 224})
     text = cfg.text.model_copy(update={"hf_config": cfg.text.hf_config | {
         "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -55,44 +68,141 @@ def convirt_preset(tmp: Path) -> str:
     return str(path)
 
 
+class Bench:
+    def __init__(self, a, tmp: Path):
+        self.a, self.tmp, self.n = a, tmp, 0
+        self.cuda = a.device == "cuda"
+        self.data = repeated_data(tmp, a.repeat)
+
+    def run(self, batch: int, steps: int, warmup: int, **kw) -> dict:
+        """One fresh `pretrain`: samples/s over the steps after `warmup`, and peak memory."""
+        from convirt_cli.torch.train.loop import pretrain
+        from convirt_cli.torchfree.config import PretrainConfig
+
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        timer = make_timer(torch.cuda.synchronize if self.cuda else None)
+        self.n += 1
+        t0 = time.perf_counter()
+        pretrain(PretrainConfig(data=self.data, out=self.tmp / f"r{self.n}", runs_dir=self.tmp / "runs",
+                                device=self.a.device, plot=False, epochs=1000, checkpoint_every=0,
+                                val_fraction=0.0, batch_size=batch, max_steps=warmup + steps,
+                                num_workers=self.a.workers, **kw), timer)
+        s = timer.stamps
+        contrastive = batch * kw.get("accum_steps", 1)
+        row = {"samples_per_s": round(steps * contrastive / (s[-1] - s[warmup - 1]), 1),
+               "s_per_step": round((s[-1] - s[warmup - 1]) / steps, 4), "wall_s": round(time.perf_counter() - t0, 1)}
+        if self.cuda:
+            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print(json.dumps({"batch": batch} | kw | row), flush=True)  # progress, in case a later run fails
+        return row
+
+
+def part_throughput(b: Bench, preset: str, batches: list[int]) -> dict:
+    return {f"b{batch}{'_channels_last' if cl else ''}": b.run(batch, b.a.steps, b.a.warmup, model=preset, lr=1e-4,
+                                                               channels_last=cl)
+            for batch in batches for cl in (False, True)}
+
+
+def part_compile(b: Bench, preset: str, batches: list[int]) -> dict:
+    top = batches[-1]  # compilation is in the warm-up steps, which are not timed
+    return {f"b{top}_compile{'_channels_last' if cl else ''}": b.run(top, b.a.steps, b.a.warmup + 2, model=preset,
+                                                                     lr=1e-4, channels_last=cl, compile=True)
+            for cl in (False, True)}
+
+
+def part_bare(a, preset: str, batches: list[int]) -> dict:
+    """The model step alone (synthetic tensors, AdamW; no loader, augmentation or metrics): the loop's ceiling."""
+    from convirt_cli.torch.losses import convirt_loss
+    from convirt_cli.torch.model import create_model
+
+    with open(EXAMPLES / "pairs.csv", newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    out = {}
+    for batch in batches:
+        for cl in (False, True):
+            torch.manual_seed(0)
+            m = create_model(preset, texts=texts).to(a.device).train()
+            x = torch.randn(batch, 3, 224, 224, device=a.device)
+            if cl:
+                m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            ids = torch.randint(5, 200, (batch, 20), device=a.device)
+            opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+            for i in range(a.warmup + a.steps):
+                if i == a.warmup:
+                    sync(a); t = time.perf_counter()
+                with torch.autocast(a.device, torch.bfloat16, enabled=a.device == "cuda"):
+                    v, u = m(x, ids, torch.ones_like(ids))
+                loss = convirt_loss(v.float(), u.float(), 0.1, 0.75)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sync(a)
+            out[f"b{batch}{'_channels_last' if cl else ''}"] = {
+                "samples_per_s": round(a.steps * batch / (time.perf_counter() - t), 1)}
+            print(json.dumps({"batch": batch, "channels_last": cl} | out[f"b{batch}{'_channels_last' if cl else ''}"]),
+                  flush=True)
+    return out
+
+
+def sync(a) -> None:
+    if a.device == "cuda":
+        torch.cuda.synchronize()
+
+
+def part_memory(b: Bench, preset: str, batches: list[int]) -> dict:
+    a, out = b.a, {}
+    for batch in batches:
+        for ckpt in (False, True):
+            out[f"b{batch}{'_grad_ckpt' if ckpt else ''}"] = b.run(batch, a.steps, a.warmup, model=preset, lr=1e-4,
+                                                                  grad_checkpointing=ckpt)
+    sub = batches[len(batches) // 2]
+    for k in (2, 4):  # GradCache: a k x sub contrastive batch at sub's memory, one extra forward per chunk
+        out[f"b{sub}_accum{k}"] = b.run(sub, a.steps, a.warmup, model=preset, lr=1e-4, accum_steps=k)
+    return out
+
+
+def part_dino(b: Bench, batch: int) -> dict:
+    a = b.a
+    model = "dino-tiny" if a.device == "cpu" else "raddino-vitb14"
+    return {f"{model}{'_grad_ckpt' if ckpt else ''}": b.run(batch, a.steps, a.warmup, objective="dino", model=model,
+                                                            grad_checkpointing=ckpt) for ckpt in (False, True)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["throughput", "compile", "memory", "dino", "bare"], required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batches", default=None,
+                    help="default: 64,128,256 (throughput), 256 (compile, bare), 64,128,256,512 (memory)")
     ap.add_argument("--dino-batch", type=int, default=32)
-    ap.add_argument("--dino-steps", type=int, default=10)
-    ap.add_argument("--convirt-batches", default="32,64,128,256")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=10, help="copies of the 600 example pairs")
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     a = ap.parse_args()
-    out = {"bench": "gpu", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    small = a.device == "cpu"
+    default = {"throughput": "64,128,256", "compile": "256", "memory": "64,128,256,512", "dino": "",
+               "bare": "256"}[a.part]
+    batches = [int(x) for x in (a.batches or default).split(",") if x]
+    out = {"bench": f"gpu_{a.part}", "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+           "torch": torch.__version__, "precision": "bf16 autocast" if a.device == "cuda" else "fp32"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for ckpt in (False, True):
-            stamps, peak = run({"objective": "dino", "model": "raddino-vitb14", "batch_size": a.dino_batch,
-                                "max_steps": a.dino_steps, "num_workers": 6, "grad_checkpointing": ckpt}, tmp,
-                               f"dino{int(ckpt)}")
-            warm = 3
-            ips = (len(stamps) - warm) * a.dino_batch / (stamps[-1] - stamps[warm - 1])
-            out[f"raddino_vitb14{'_grad_ckpt' if ckpt else ''}"] = {
-                "batch": a.dino_batch, "crops": "2 x 518 + 8 x 224", "precision": "bf16 autocast",
-                "images_per_s": round(ips, 1), "s_per_step": round((stamps[-1] - stamps[warm - 1]) / (len(stamps) - warm), 3),
-                "peak_gib": round(peak, 2)}
-            print(json.dumps(out), flush=True)
-        preset = convirt_preset(tmp)
-        mem: dict[str, dict] = {}
-        for b in (int(x) for x in a.convirt_batches.split(",")):
-            row = {}
-            for ckpt in (False, True):
-                stamps, peak = run({"model": preset, "batch_size": b, "max_steps": 4, "num_workers": 6, "lr": 1e-4,
-                                    "grad_checkpointing": ckpt}, tmp, f"c{b}{int(ckpt)}")
-                row["grad_ckpt" if ckpt else "plain"] = {"peak_gib": round(peak, 2),
-                                                         "s_per_step": round((stamps[-1] - stamps[1]) / 2, 3)}
-            mem[str(b)] = row
-            print(json.dumps(out | {"convirt_r50_bert": mem}), flush=True)
-        sub = int(a.convirt_batches.split(",")[1])
-        for k in (2, 4):
-            stamps, peak = run({"model": preset, "batch_size": sub, "accum_steps": k, "max_steps": 4,
-                                "num_workers": 6, "lr": 1e-4}, tmp, f"acc{k}")
-            mem[f"{sub}x{k} (accum)"] = {"plain": {"peak_gib": round(peak, 2),
-                                                   "s_per_step": round((stamps[-1] - stamps[1]) / 2, 3)}}
-        out["convirt_r50_bert"] = mem
+        b = Bench(a, tmp)
+        if a.part == "bare":
+            out["model"] = "tiny" if small else "ResNet-50 + BERT-base (12 x 768), 20 tokens, proj 2048 -> 512"
+            out["runs"] = part_bare(a, convirt_preset(tmp, small), batches)
+        elif a.part == "dino":
+            out["crops"] = "2 x 518 + 8 x 224" if not small else "preset's"
+            out["runs"] = part_dino(b, a.dino_batch)
+        else:
+            preset = convirt_preset(tmp, small)
+            out["model"] = "tiny" if small else "ResNet-50 + BERT-base (12 x 768), 128 tokens, proj 2048 -> 512"
+            part = {"throughput": part_throughput, "compile": part_compile, "memory": part_memory}[a.part]
+            out["runs"] = part(b, preset, batches)
     out |= {"machine": f"{platform.machine()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(out))
 

@@ -21,3 +21,14 @@ def make_timer(sync: Callable[[], None] | None = None):
             self.stamps.append(time.perf_counter())
 
     return Timer()
+
+
+def rate(fn: Callable[[], object], n: int, rounds: int = 3) -> float:
+    """n items / the best of `rounds` timed calls of fn, after one untimed (warm-up) call."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best

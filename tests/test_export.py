@@ -129,6 +129,7 @@ def test_fp16_export_ranks_real_images_and_reports_like_torch(tmp_path, example_
 
     folder, man = export_onnx(example_run, tmp_path / "fp16", fp16=True)
     assert man["precision"] == {"image": "fp16", "text": "fp16"}
+    assert man["parity"]["image"]["on"] == "32 of the run's images"  # the gate saw real images, not noise
     graph = onnx.load(str(folder / "image.onnx"))
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)

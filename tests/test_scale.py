@@ -126,11 +126,28 @@ def test_scale_flags_run_and_refuse_in_one_line(tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["precision"] == "bf16" and saved["grad_checkpointing"] and saved["sources"]["precision"] == "flag"
+    assert saved["channels_last"] is True
     r = runner.invoke(app, ["pretrain", str(COVID), "--objective", "dino", "--accum-steps", "2",
                             "--runs-dir", str(tmp_path / "runs2")])
     assert isinstance(r.exception, ConvirtError) and "DINO's loss has no in-batch negatives" in str(r.exception)
     r = runner.invoke(app, ["pretrain", str(COVID), "--precision", "fp8"])
     assert isinstance(r.exception, ConvirtError) and str(r.exception).startswith("--precision fp8"), r.output
+
+
+def test_channels_last_by_default_only_for_cnn_towers_on_cuda():
+    """Measured on an H200: 2.0x samples/s for ResNet-50 + BERT-base at batch 256 (RESULTS.md, gpu_bench); slower
+    on CPU, and a ViT has nothing to gain (one convolution)."""
+    from convirt_cli.torch.towers import ImageTower
+    from convirt_cli.torch.train.loop import use_channels_last
+    from convirt_cli.torchfree.config import PretrainConfig
+
+    cnn, vit = (ImageTower(get_model_config(name).image) for name in ("tiny", "dino-tiny"))
+    assert cnn.convolutional and not vit.convolutional
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    auto, off, on = (PretrainConfig(data=COVID, channels_last=v) for v in (None, False, True))
+    assert use_channels_last(auto, cuda, cnn) and not use_channels_last(auto, cuda, vit)
+    assert not use_channels_last(auto, cpu, cnn) and not use_channels_last(off, cuda, cnn)
+    assert use_channels_last(on, cpu, vit)  # as asked
 
 
 def test_compile_puts_the_compiled_module_on_the_training_path(tmp_path, monkeypatch):

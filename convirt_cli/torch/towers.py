@@ -84,6 +84,11 @@ class ImageTower(nn.Module):
                 raise _offline_error("image weights", cfg.name, "--image-weights", e) from None
             self.num_features = self.model.config.hidden_size
 
+    @property
+    def convolutional(self) -> bool:
+        """A CNN: its convolutions run faster channels-last on GPUs. A ViT has one, its patch embedding."""
+        return sum(isinstance(m, nn.Conv2d) for m in self.model.modules()) > 1
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.source == "timm":
             return self.model(images)

@@ -162,6 +162,11 @@ def prepare_shards(cfg: PretrainConfig, rep: Reporter):
     return train, val, None, data
 
 
+def use_channels_last(cfg: PretrainConfig, device: torch.device, tower) -> bool:
+    """--channels-last as given, else where it pays: CNN image towers on CUDA (config.py)."""
+    return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda" and tower.convolutional
+
+
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not math.isfinite(loss.item()):
         raise ConvirtError(f"loss became {loss.item()} at step {step}; lower --lr or raise --tau")
@@ -297,6 +302,7 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
     obj.module.to(device).train()
     if cfg.grad_checkpointing:
         obj.model.set_grad_checkpointing()
+    cfg = cfg.model_copy(update={"channels_last": use_channels_last(cfg, device, obj.model.image)})
     if cfg.channels_last:
         obj.module.to(memory_format=torch.channels_last)
     if hasattr(obj, "size_warning") and (line := obj.size_warning(min_side)):
