@@ -73,6 +73,43 @@ def test_corrupt_member_is_a_counted_bad_image(tmp_path):
     assert isinstance(r.exception, ConvirtError) and "no such shard" in str(r.exception)
 
 
+def _members(folder):
+    out = {}
+    for tar_path in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            out |= {f"{tar_path.name}/{m.name}": tar.extractfile(m).read() for m in tar}
+    return out
+
+
+def test_parallel_shard_writing_gives_the_same_shards(tmp_path):
+    """--workers 2 (decoding and encoding in worker processes) writes the very samples, in the same shards and
+    order, as one process, and counts an undecodable image the same way."""
+    import csv
+    import shutil
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    with open(EXAMPLES / "pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:40]
+    for r in rows:
+        shutil.copy(EXAMPLES / r["image"], data / r["image"])
+    (data / rows[7]["image"]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated")  # passes the header check only
+    with open(data / "pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    metas = []
+    for workers in (1, 2):
+        r = runner.invoke(app, ["shard", str(data), "--out", str(tmp_path / f"w{workers}"), "--per-shard", "8",
+                                "--max-side", "64", "--workers", str(workers)])
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        metas.append(json.loads((tmp_path / f"w{workers}" / "shards.json").read_text()))
+    assert metas[0] == metas[1] and sum(metas[0]["skipped"].values()) == 1
+    one, two = _members(tmp_path / "w1"), _members(tmp_path / "w2")
+    samples = sum(v["count"] for v in metas[0]["splits"].values())  # train + val (the table's test rows stay out)
+    assert samples >= 30 and len(one) == 3 * samples and one == two  # png, txt, json per sample, byte for byte
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

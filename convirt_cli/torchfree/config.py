@@ -144,6 +144,7 @@ class ShardConfig(DataSettings):
     per_shard: Positive = 1000
     max_side: Annotated[int, Field(ge=16)] | None = None  # downscale larger images once (later epochs skip it)
     window: str = "auto"  # DICOM / high-bit images are stored as windowed 8-bit PNG
+    workers: Positive | None = None  # processes decoding and encoding images; None: one per CPU core
     _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
 
 

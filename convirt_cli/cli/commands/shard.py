@@ -16,6 +16,7 @@ def shard(
     per_shard: Annotated[int | None, typer.Option(help="Samples per tar shard (default 1000).")] = None,
     max_side: Annotated[int | None, typer.Option(help="Downscale images whose longer side is larger, once (stored as PNG).")] = None,
     window: o.Window = None,
+    workers: Annotated[int | None, typer.Option(help="Processes decoding and encoding images (default: one per CPU core).")] = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
     no_text: Annotated[bool, typer.Option("--no-text", help="Image-only shards (for --objective dino / simclr).")] = False,
@@ -46,7 +47,8 @@ def shard(
     n = sum(len(v) for v in splits.values())
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
-                            cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped)
+                            cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped,
+                            workers=cfg.workers)
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

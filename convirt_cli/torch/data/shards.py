@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,12 @@ from PIL import Image, ImageOps
 from torch.utils.data import IterableDataset, get_worker_info
 
 from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.data.shard_samples import encoded
 from convirt_cli.torchfree.data.text import text_view
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import write_json
-from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, open_gray
 
 META = "shards.json"
-RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
-           ".webp": "webp", ".gif": "gif"}
 
 
 def is_shard_source(data: str | Path) -> bool:
@@ -42,32 +41,16 @@ def is_shard_source(data: str | Path) -> bool:
         (s.endswith(".tar") and "{" in s)
 
 
-def _sample(row: Row, key: int, max_side: int | None, window: str) -> dict:
-    """One row -> a WebDataset sample; raises for an image that does not decode (counted by the caller)."""
-    im = open_gray(row.image, window)  # decodes fully: a file that would fail in training fails here
-    suffix = row.image.suffix.lower()
-    too_big = bool(max_side) and max(im.size) > max_side
-    raw = suffix in RAW_EXT and not too_big and window == "auto"  # else the bytes would skip the window
-    if raw:
-        with Image.open(row.image) as probe:
-            raw = probe.mode not in HIGH_BIT_MODES  # 16-bit files are stored windowed, like DICOM
-    if raw:
-        ext, data = RAW_EXT[suffix], row.image.read_bytes()
-    else:
-        if too_big:
-            im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        ext, data = "png", buf.getvalue()
-    return {"__key__": f"{key:09d}", ext: data, "txt": row.text.encode("utf-8"),
-            "json": json.dumps({"source": row.source, "columns": row.columns}).encode("utf-8")}
-
-
 def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_side: int | None, window: str,
-                 on_row=None, skipped: list[tuple[Row, str]] = ()) -> dict:
+                 on_row=None, skipped: list[tuple[Row, str]] = (), workers: int | None = None) -> dict:
     """Write each split's rows as shards under `out`; returns shards.json (written last: a folder without it is
-    an unfinished write). `skipped`: rows validation already set aside, counted with those that fail here."""
+    an unfinished write). `skipped`: rows validation already set aside, counted with those that fail here.
+    `workers`: processes decoding and encoding (None: one per CPU core); the shards are the same for any number."""
+    import os
+
     import webdataset as wds
+
+    workers = workers or len(os.sched_getaffinity(0))
 
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)
@@ -83,13 +66,12 @@ def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_si
         for old in out.glob(f"{split}-*.tar"):
             old.unlink()
         count = 0
-        with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
-            for row in rows:
-                key += 1
-                try:
-                    sample = _sample(row, key, max_side, window)
-                except Exception as e:  # noqa: BLE001 - any decode failure is a counted skip, as in pretrain
-                    reason = str(e) if type(e).__name__ == "DicomError" else "unreadable image"
+        jobs = [(row, key + 1 + i, max_side, window) for i, row in enumerate(rows)]
+        key += len(rows)
+        with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=per_shard, verbose=0) as sink, \
+                closing(encoded(jobs, workers)) as results:
+            for (row, *_), (sample, reason) in zip(jobs, results):
+                if reason is not None:
                     meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
                     if len(meta["skipped_examples"]) < 5:
                         meta["skipped_examples"].append([row.source, reason])

@@ -1,0 +1,80 @@
+"""One table row -> one WebDataset sample for `convirt shard` (convirt_cli.torch.data.shards.write_shards): the
+image decoded in full (a file that would fail in training fails here and is counted), downscaled or windowed to
+an 8-bit PNG when asked, else its own bytes. Torch-free, so the worker processes that do this start fast."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from collections import deque
+from collections.abc import Iterator
+from itertools import islice
+
+from PIL import Image
+
+from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, open_gray
+
+RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
+           ".webp": "webp", ".gif": "gif"}
+
+
+def _ignore_signals() -> None:
+    """Ctrl-C reaches the whole process group; the parent decides (it stops the pool and writes no shards.json)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
+def sample(row: Row, key: int, max_side: int | None, window: str) -> dict:
+    """One row -> a WebDataset sample; raises for an image that does not decode (counted by the caller)."""
+    im = open_gray(row.image, window)  # decodes fully: a file that would fail in training fails here
+    suffix = row.image.suffix.lower()
+    too_big = bool(max_side) and max(im.size) > max_side
+    raw = suffix in RAW_EXT and not too_big and window == "auto"  # else the bytes would skip the window
+    if raw:
+        with Image.open(row.image) as probe:
+            raw = probe.mode not in HIGH_BIT_MODES  # 16-bit files are stored windowed, like DICOM
+    if raw:
+        ext, data = RAW_EXT[suffix], row.image.read_bytes()
+    else:
+        if too_big:
+            im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        ext, data = "png", buf.getvalue()
+    return {"__key__": f"{key:09d}", ext: data, "txt": row.text.encode("utf-8"),
+            "json": json.dumps({"source": row.source, "columns": row.columns}).encode("utf-8")}
+
+
+def encode(job: tuple[Row, int, int | None, str]) -> tuple[dict | None, str | None]:
+    """(sample, None), or (None, why) for an image that does not decode; runs in the worker processes."""
+    try:
+        return sample(*job), None
+    except Exception as e:  # noqa: BLE001 - any decode failure is a counted skip, as in pretrain
+        return None, str(e) if type(e).__name__ == "DicomError" else "unreadable image"
+
+
+def encoded(jobs: list, workers: int) -> Iterator[tuple[dict | None, str | None]]:
+    """encode over jobs, in their order: decoding and PNG encoding are most of the work, so they run in worker
+    processes, a few jobs ahead of the writer. forkserver: the parent's progress-bar thread is never forked (a
+    script calling this needs the `if __name__ == "__main__":` guard). On Ctrl-C the workers finish the image in
+    hand and stop; close the generator (contextlib.closing) so that happens at once."""
+    if workers <= 1 or len(jobs) < 2:
+        yield from map(encode, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=_ignore_signals)
+    try:
+        todo = iter(jobs)
+        pending = deque(pool.submit(encode, job) for job in islice(todo, 4 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for job in islice(todo, 1):
+                pending.append(pool.submit(encode, job))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
