@@ -8,10 +8,12 @@ per part:
     python benchmarks/gpu_bench.py --part bare         # the model step alone on synthetic tensors: the ceiling
 
 ConVIRT's towers: ResNet-50 (timm) and a 12-layer, 768-wide BERT built from a config (no download), reports
-cut at 128 tokens, projection 2048 -> 512. The data are the example pairs repeated (all `train`), so one epoch
-spans many steps and the loader's restart at each epoch is not what is timed; images are 128 px PNGs resized to
-224, so the decoder is not the bottleneck either: these are the model's numbers. samples/s counts the steps
-after `--warmup` (compilation included there). `--device cpu --batches 4 --steps 3` smoke-tests the script.
+cut at 128 tokens, projection 2048 -> 512. The data are the example pairs copied `--repeat` times, each copy with
+its own image files (pretrain drops a repeated pair), all `train`: one epoch spans many steps, so the loader's
+restart and the checkpoint at each epoch's end are not what is timed; images are 128 px PNGs resized to 224, so
+the decoder is not the bottleneck either. samples/s counts the steps after `--warmup` (compilation included
+there). `--device cpu` runs the `tiny` preset instead: a smoke test (`--batches 4 --steps 3`), and GradCache's
+CPU cost in RESULTS.md.
 """
 
 from __future__ import annotations
