@@ -66,7 +66,8 @@ def encoded(jobs: list, workers: int) -> Iterator[tuple[dict | None, str | None]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("forkserver"),
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context(method),
                                initializer=_ignore_signals)
     try:
         todo = iter(jobs)
