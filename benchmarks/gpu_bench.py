@@ -116,8 +116,10 @@ def part_compile(b: Bench, preset: str, batches: list[int]) -> dict:
 
 
 def part_bare(a, preset: str, batches: list[int]) -> dict:
-    """The model step alone (synthetic tensors, AdamW; no loader, augmentation or metrics): the loop's ceiling."""
-    from convirt_cli.torch.losses import convirt_loss
+    """The model step alone (pretrain_bench's bare step: synthetic tensors, no loader, augmentation or metrics):
+    the loop's ceiling."""
+    from pretrain_bench import bare
+
     from convirt_cli.torch.model import create_model
 
     with open(EXAMPLES / "pairs.csv", newline="") as f:
@@ -126,32 +128,11 @@ def part_bare(a, preset: str, batches: list[int]) -> dict:
     for batch in batches:
         for cl in (False, True):
             torch.manual_seed(0)
-            m = create_model(preset, texts=texts).to(a.device).train()
-            x = torch.randn(batch, 3, 224, 224, device=a.device)
-            if cl:
-                m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-            ids = torch.randint(5, 200, (batch, 20), device=a.device)
-            opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-            for i in range(a.warmup + a.steps):
-                if i == a.warmup:
-                    sync(a); t = time.perf_counter()
-                with torch.autocast(a.device, torch.bfloat16, enabled=a.device == "cuda"):
-                    v, u = m(x, ids, torch.ones_like(ids))
-                loss = convirt_loss(v.float(), u.float(), 0.1, 0.75)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sync(a)
-            out[f"b{batch}{'_channels_last' if cl else ''}"] = {
-                "samples_per_s": round(a.steps * batch / (time.perf_counter() - t), 1)}
-            print(json.dumps({"batch": batch, "channels_last": cl} | out[f"b{batch}{'_channels_last' if cl else ''}"]),
-                  flush=True)
+            model = create_model(preset, texts=texts).to(a.device)
+            key = f"b{batch}{'_channels_last' if cl else ''}"
+            out[key] = {"samples_per_s": round(bare(model, batch, 224, a.steps, a.warmup, a.device, cl), 1)}
+            print(json.dumps({"batch": batch, "channels_last": cl} | out[key]), flush=True)
     return out
-
-
-def sync(a) -> None:
-    if a.device == "cuda":
-        torch.cuda.synchronize()
 
 
 def part_memory(b: Bench, preset: str, batches: list[int]) -> dict:
@@ -195,7 +176,7 @@ def main() -> None:
         tmp = Path(tmp)
         b = Bench(a, tmp)
         if a.part == "bare":
-            out["model"] = "tiny" if small else "ResNet-50 + BERT-base (12 x 768), 20 tokens, proj 2048 -> 512"
+            out["model"] = "tiny" if small else "ResNet-50 + BERT-base (12 x 768), 24 tokens, proj 2048 -> 512"
             out["runs"] = part_bare(a, convirt_preset(tmp, small), batches)
         elif a.part == "dino":
             out["crops"] = "2 x 518 + 8 x 224" if not small else "preset's"

@@ -20,24 +20,32 @@ import torch
 from timing import make_timer  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 
-def bare(model, batch_size: int, size: int, steps: int, warmup: int) -> float:
-    """samples/s of forward + ConVIRT loss + backward + AdamW step on one fixed batch."""
+def bare(model, batch_size: int, size: int, steps: int, warmup: int, device: str = "cpu",
+         channels_last: bool = False) -> float:
+    """samples/s of forward + ConVIRT loss + backward + clip + AdamW step on one fixed batch (bf16 autocast on
+    CUDA, as pretrain's default)."""
     from convirt_cli.torch.losses import convirt_loss
 
-    x = torch.randn(batch_size, 3, size, size)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     tok = model.tokenizer(["small left pleural effusion. heart size is normal."] * batch_size, padding="max_length",
-                          max_length=24, return_tensors="pt")
+                          max_length=24, return_tensors="pt").to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     for i in range(warmup + steps):
         if i == warmup:
+            sync()
             t0 = time.perf_counter()
-        v, u = model(x, tok["input_ids"], tok["attention_mask"])
+        with torch.autocast(device, torch.bfloat16, enabled=device == "cuda"):
+            v, u = model(x, tok["input_ids"], tok["attention_mask"])
         loss = convirt_loss(v, u, 0.1, 0.75)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+    sync()
     return steps * batch_size / (time.perf_counter() - t0)
 
 

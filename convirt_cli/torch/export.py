@@ -182,9 +182,9 @@ def quantize_text(model: ConVIRT, path: Path, texts: list[str]) -> dict:
         return {"method": "onnxruntime dynamic int8", "why": str(e)[:200]}
 
 
-def calibration_images(model, run: Path, n: int = 64, seed: int = 1) -> tuple[np.ndarray, str]:
-    """Pixels to calibrate (and check) the int8 image tower on: the run's own images when they are still on disk
-    (a seeded sample), else smooth random grey images. Returns (pixels [N, C, S, S], where they came from)."""
+def run_images(model, run: Path, n: int, seed: int = 1) -> np.ndarray | None:
+    """Up to n of the run's own images (a seeded sample) as model pixels [N, C, S, S]; None when fewer than 8 are
+    still on disk. What the reduced-precision gates check on: images like the ones the export will embed."""
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.imageio import load_gray, normalize_array
 
@@ -204,9 +204,17 @@ def calibration_images(model, run: Path, n: int = 64, seed: int = 1) -> tuple[np
                 continue
             if len(grays) >= n:
                 break
-    if len(grays) >= 8:
-        return normalize_array(np.stack(grays), im.mean, im.std, im.in_chans), f"{len(grays)} of the run's images"
-    return random_pixels(im, np.random.default_rng(seed), n), "random grey images (the run's data is not on disk)"
+    return normalize_array(np.stack(grays), im.mean, im.std, im.in_chans) if len(grays) >= 8 else None
+
+
+def calibration_images(model, run: Path, n: int = 64, seed: int = 1) -> tuple[np.ndarray, str]:
+    """Pixels to calibrate (and check) the int8 image tower on: the run's own images when they are still on disk,
+    else smooth random grey images. Returns (pixels [N, C, S, S], where they came from)."""
+    pixels = run_images(model, run, n, seed)
+    if pixels is not None:
+        return pixels, f"{len(pixels)} of the run's images"
+    return random_pixels(model.cfg.image, np.random.default_rng(seed), n), \
+        "random grey images (the run's data is not on disk)"
 
 
 def quantize_image(path: Path, pixels: np.ndarray) -> dict:
@@ -384,8 +392,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
             to_fp16(tmp / "image.onnx")
             # gate on the run's own images where they are on disk: random pixels hid fp16's error on a ResNet-50
             # (min cosine 0.9999998 on them, 0.9997 on real images; RESULTS.md, gpu_embed_bench)
-            pixels, origin = calibration_images(model, run, n=32)
-            real = pixels if origin.endswith("run's images") else None
+            real = run_images(model, run, n=32)
             if model.has_text and not int8_text:
                 to_fp16(tmp / "text.onnx")
         if int8_text:

@@ -28,7 +28,6 @@ from convirt_cli.torch.train.checkpoint import load_latest, save_checkpoint
 from convirt_cli.torch.train.device import grad_scaler, pick_device
 from convirt_cli.torch.train.distributed import Dist, init_distributed, rank0_time
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
-from convirt_cli.torch.train.stop import StopOnSignal, ignore_signals
 from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
 from convirt_cli.torchfree.data.readers import Row, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
@@ -45,6 +44,7 @@ from convirt_cli.torchfree.runs import (
     truncate_metrics,
     write_summary,
 )
+from convirt_cli.torchfree.stop import StopOnSignal, ignore_signals
 
 
 class Reporter(Protocol):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 from collections import deque
 from collections.abc import Iterator
 from itertools import islice
@@ -15,15 +14,10 @@ from PIL import Image
 
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, open_gray
+from convirt_cli.torchfree.stop import ignore_signals
 
 RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
            ".webp": "webp", ".gif": "gif"}
-
-
-def _ignore_signals() -> None:
-    """Ctrl-C reaches the whole process group; the parent decides (it stops the pool and writes no shards.json)."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
 
 
 def sample(row: Row, key: int, max_side: int | None, window: str) -> dict:
@@ -68,7 +62,7 @@ def encoded(jobs: list, workers: int) -> Iterator[tuple[dict | None, str | None]
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context(method),
-                               initializer=_ignore_signals)
+                               initializer=ignore_signals)
     try:
         todo = iter(jobs)
         pending = deque(pool.submit(encode, job) for job in islice(todo, 4 * workers))

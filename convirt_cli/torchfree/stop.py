@@ -2,7 +2,8 @@
 
 The first signal only sets a flag; the loop finishes the step it is in, saves a checkpoint and exits with
 128 + the signal number. A second Ctrl-C aborts at once (every file is written atomically, so nothing is
-left half-written). DataLoader workers ignore both signals: the main process decides when they stop.
+left half-written). DataLoader workers and `convirt shard`'s encoding processes ignore both signals: the main
+process decides when they stop. Torch-free, so the shard workers start without torch.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class StopOnSignal:
 
 
 def ignore_signals(worker_id: int = 0) -> None:
-    """DataLoader worker_init_fn: Ctrl-C reaches the whole process group; only the main process acts on it."""
+    """A worker's initializer (DataLoader's worker_init_fn, a process pool's): Ctrl-C reaches the whole process
+    group; only the main process acts on it."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
