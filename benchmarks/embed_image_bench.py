@@ -6,8 +6,9 @@ threads, side by side. ONE JSON line.
 
 The run: the preset at random init (its image tower is what is timed), with covid-cxr named as its data so the
 int8 export calibrates on those images (64) and gates on 32 others (cosine >= 0.999, top-10 overlap >= 0.9).
-The CPU's features decide onnxruntime's int8 kernels (u8 x s8 with VNNI; without it the serving session turns the
-weights unsigned at load: u8 x u8); they are printed. Agreement without VNNI: benchmarks/int8_isa_bench.py.
+The CPU's features decide onnxruntime's int8 kernels (u8 x s8 with VNNI; without it 7-bit weights keep u8 x s8
+and 8-bit ones are turned unsigned at load: u8 x u8); they are printed, with the export's weight bits. Agreement
+without VNNI: benchmarks/int8_isa_bench.py.
 """
 
 from __future__ import annotations

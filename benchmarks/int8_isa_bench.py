@@ -14,13 +14,13 @@ eager on this machine: the export gate's numbers (min cosine on the gate's texts
 `probe` says what each CPU's u8 x s8 kernel does with 255 * 127 summed 64 times: exact or saturated.
 Emulation speed means nothing, so only agreement is reported here; speed lives in embed_bench / embed_image_bench.
 
-    python benchmarks/int8_isa_bench.py --instructions      (~45 min on 2 cores)
+    python benchmarks/int8_isa_bench.py --instructions [--towers image text]     (~1 h on 2 cores for both)
 
 instead counts the instructions one forward pass executes on an AVX2 CPU without VNNI (valgrind's callgrind, whose
-virtual CPU has AVX2 and FMA but neither AVX-512 nor VNNI): fp32, int8 as served and int8 in a plain session
-(u8 x s8, saturating), image tower (4 images at 224 px) and text tower (16 real reports), one thread, each count the
-difference of a run with one more forward than another. Instructions are not seconds: read them as the kernels'
-work, not as speed.
+virtual CPU has AVX2 and FMA but neither AVX-512 nor VNNI): torch eager, the fp32 export, int8 as served and int8
+in a plain session (u8 x s8 kernels: exact for 7-bit weights, saturating for 8-bit ones), image tower (4 images at
+224 px) and text tower (16 real reports), one thread, each count the difference of a run with one more forward
+than another. Instructions are not seconds: read them as the kernels' work, not as speed.
 """
 
 from __future__ import annotations
@@ -47,18 +47,9 @@ REPORTS = SHARED / "iu-xray-reports" / "reports.csv"
 
 def probe() -> str:
     """What onnxruntime's u8 x s8 MatMulInteger gives for 64 products 255 * 127: 'exact' or 'saturates'."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from convirt_cli.torchfree.serve.providers import u8s8_saturates
 
-    k = 64
-    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
-                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4])],
-                          [numpy_helper.from_array(np.full((k, 4), 127, np.int8), "b")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"a": np.full((1, k), 255, np.uint8)})[0]
-    return "exact" if int(y[0, 0]) == 255 * 127 * k else "saturates"
+    return "saturates" if u8s8_saturates() else "exact"
 
 
 def use_plain_sessions() -> None:
@@ -90,13 +81,31 @@ def child(export: Path, inputs: Path, out: Path, mode: str) -> None:
 
 
 def count(export: Path, tower: str, mode: str, n: int, inputs: Path) -> None:
-    """Torch-free: one warm-up forward then `n` more of the `tower` (valgrind counts the difference of n=0 and 1)."""
+    """One warm-up forward then `n` more of the `tower` (valgrind counts the difference of n=0 and 1). Torch-free
+    but for mode 'torch' (eager, 1 thread; `export` is then the run)."""
+    spec = np.load(inputs)
+    if mode == "torch":
+        import torch
+
+        from convirt_cli.torch.model import load_model
+
+        torch.set_num_threads(1)
+        model = load_model(export).eval()
+        with torch.inference_mode():
+            if tower == "image":
+                pixels = torch.from_numpy(spec["pixels"])
+                fn = lambda: model.encode_image(pixels)
+            else:
+                ids, mask = torch.from_numpy(spec["input_ids"]), torch.from_numpy(spec["attention_mask"])
+                fn = lambda: model.encode_text(ids, mask)
+            for _ in range(n + 1):
+                fn()
+        return
     from convirt_cli.torchfree.serve.encoder import OnnxEncoder
 
     if mode == "plain":
         use_plain_sessions()
     enc = OnnxEncoder(export, "cpu", 1)
-    spec = np.load(inputs)
     if tower == "image":
         fn = lambda: enc.image_forward(spec["pixels"])
     else:
@@ -106,13 +115,17 @@ def count(export: Path, tower: str, mode: str, n: int, inputs: Path) -> None:
         fn()
 
 
+MODES = ("torch", "fp32", "served", "plain")
+
+
 def instructions(exports: dict[str, Path], inputs: Path, items: dict[str, int]) -> dict:
-    """Instructions per image / per text under callgrind, for fp32, int8 served, int8 plain; two runs at a time."""
+    """Instructions per image / per text under callgrind: torch eager, the fp32 export, int8 served and int8 in a
+    plain session; two runs at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(job):
         tower, mode, n = job
-        export = exports["fp32" if mode == "fp32" else "int8"]
+        export = exports[mode if mode in ("torch", "fp32") else "int8"]
         proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
                                __file__, "--count", str(export), tower, mode, str(n), str(inputs)],
                               capture_output=True, text=True, check=False, env=os.environ | {"PYTHONPATH": str(ROOT)})
@@ -121,13 +134,14 @@ def instructions(exports: dict[str, Path], inputs: Path, items: dict[str, int]) 
             sys.exit(f"int8_isa_bench: callgrind {tower} {mode} failed:\n" + proc.stderr[-3000:])
         return job, int(got[-1])
 
-    jobs = [(t, m, n) for t in ("image", "text") for m in ("fp32", "served", "plain") for n in (0, 1)]
+    jobs = [(t, m, n) for t in items for m in MODES for n in (0, 1)]
     with ThreadPoolExecutor(2) as pool:
         counts = dict(pool.map(one, jobs))
     out: dict = {}
-    for t in ("image", "text"):
-        per = {m: (counts[(t, m, 1)] - counts[(t, m, 0)]) / items[t] for m in ("fp32", "served", "plain")}
-        out[t] = {"items": items[t], "minstr_per_item": {m: round(v / 1e6, 1) for m, v in per.items()},
+    for t, k in items.items():
+        per = {m: (counts[(t, m, 1)] - counts[(t, m, 0)]) / k for m in MODES}
+        out[t] = {"items": k, "minstr_per_item": {m: round(v / 1e6, 1) for m, v in per.items()},
+                  "torch_over_int8_served": round(per["torch"] / per["served"], 2),
                   "fp32_over_int8_served": round(per["fp32"] / per["served"], 2),
                   "served_over_plain": round(per["served"] / per["plain"], 2)}
     return out
@@ -156,6 +170,8 @@ def main() -> None:
     ap.add_argument("--reports", type=int, default=256)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind (AVX2) instead")
+    ap.add_argument("--towers", nargs="+", choices=("image", "text"), default=["image", "text"],
+                    help="with --instructions: which towers to count")
     ap.add_argument("--count", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=4, metavar=("EXPORT", "INPUTS", "OUT", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -201,11 +217,13 @@ def main() -> None:
                                   return_tensors="np")
             np.savez(tmp / "batch.npz", pixels=np.random.default_rng(0).normal(size=(4, 3, 224, 224)).astype(np.float32),
                      input_ids=tok["input_ids"].astype(np.int64), attention_mask=tok["attention_mask"].astype(np.int64))
-            exports = {"fp32": export_onnx(run, tmp / "fp32")[0], "int8": export}
+            exports = {"torch": run, "fp32": export_onnx(run, tmp / "fp32")[0], "int8": export}
+            counted = {"image": 4, "text": 16}
             print(json.dumps({
                 "bench": "int8_isa_instructions", "preset": "convirt-resnet18-minilm",
                 "counted_on": "valgrind callgrind (virtual CPU: AVX2 + FMA, no AVX-512, no VNNI), 1 thread",
-                "results": instructions(exports, tmp / "batch.npz", {"image": 4, "text": 16}),
+                "int8": manifest["int8"],
+                "results": instructions(exports, tmp / "batch.npz", {t: counted[t] for t in a.towers}),
                 "valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True,
                                            check=False).stdout.strip(),
                 "host_cpu_flags": cpu_flags(), "onnxruntime": __import__("onnxruntime").__version__,

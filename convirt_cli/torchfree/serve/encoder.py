@@ -143,7 +143,8 @@ class OnnxEncoder:
     def _create(self, name: str):
         from convirt_cli.torchfree.serve.providers import session
 
-        return session(self.path / f"{name}.onnx", self.device, self.threads, bulk=self.bulk)
+        return session(self.path / f"{name}.onnx", self.device, self.threads, bulk=self.bulk,
+                       int8=self.manifest.get("precision", {}).get(name) == "int8")
 
     def _session(self, name: str):
         if name not in self._sessions:
