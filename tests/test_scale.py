@@ -281,6 +281,7 @@ def test_int8_image_export_is_gated_on_the_runs_own_images(tiny_run, tmp_path):
     gate = man["parity"]["image"]
     assert gate["precision"] == "int8" and gate["min_cosine"] >= 0.999 and gate["top10_overlap"] >= 0.9
     assert man["int8"]["image"]["weight_bits"] == 7  # well inside the gate here: the kernels every x86 runs exactly
+    assert "parity image (int8, 7-bit weights)" in r.output
     images = sorted((COVID.parent / "images").glob("*.png"))[-40:]  # not the first ones the export sampled
     lst = tmp_path / "list.txt"
     lst.write_text("".join(f"{p}\n" for p in images))

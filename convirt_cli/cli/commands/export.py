@@ -55,7 +55,9 @@ def export(
     p = manifest["parity"]
     for name in manifest.get("towers", ["image", "text"]):
         r = p[name]
-        console.print(f"parity {name} ({r['precision']}): max|diff| {r['max_abs_diff']:.2g}, "
+        bits = manifest.get("int8", {}).get("image", {}).get("weight_bits") if name == "image" else None
+        prec = f"{r['precision']}, {bits}-bit weights" if bits and r["precision"] == "int8" else r["precision"]
+        console.print(f"parity {name} ({prec}): max|diff| {r['max_abs_diff']:.2g}, "
                       f"min cosine {r['min_cosine']:.6f}, top-10 overlap {r['top10_overlap']:.3f}")
     console.print(f"[green]exported[/] {run_dir} -> [bold]{folder}[/] (fingerprint {manifest['fingerprint']})")
     for line in manifest.get("warnings", []):
