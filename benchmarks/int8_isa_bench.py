@@ -58,7 +58,7 @@ def use_plain_sessions() -> None:
 
     from convirt_cli.torchfree.serve import providers
 
-    def plain(path, device="cpu", threads=None, bulk=True):
+    def plain(path, device="cpu", threads=None, bulk=True, int8=False):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or 0
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), "cpu"
