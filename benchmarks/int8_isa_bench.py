@@ -14,7 +14,7 @@ eager on this machine: the export gate's numbers (min cosine on the gate's texts
 `probe` says what each CPU's u8 x s8 kernel does with 255 * 127 summed 64 times: exact or saturated.
 Emulation speed means nothing, so only agreement is reported here; speed lives in embed_bench / embed_image_bench.
 
-    python benchmarks/int8_isa_bench.py --instructions [--towers image text]     (~1 h on 2 cores for both)
+    python benchmarks/int8_isa_bench.py --instructions [--towers image text]     (image alone: ~35 min on 2 cores)
 
 instead counts the instructions one forward pass executes on an AVX2 CPU without VNNI (valgrind's callgrind, whose
 virtual CPU has AVX2 and FMA but neither AVX-512 nor VNNI): torch eager, the fp32 export, int8 as served and int8
@@ -91,26 +91,17 @@ def count(export: Path, tower: str, mode: str, n: int, inputs: Path) -> None:
 
         torch.set_num_threads(1)
         model = load_model(export).eval()
-        with torch.inference_mode():
-            if tower == "image":
-                pixels = torch.from_numpy(spec["pixels"])
-                fn = lambda: model.encode_image(pixels)
-            else:
-                ids, mask = torch.from_numpy(spec["input_ids"]), torch.from_numpy(spec["attention_mask"])
-                fn = lambda: model.encode_text(ids, mask)
-            for _ in range(n + 1):
-                fn()
-        return
-    from convirt_cli.torchfree.serve.encoder import OnnxEncoder
-
-    if mode == "plain":
-        use_plain_sessions()
-    enc = OnnxEncoder(export, "cpu", 1)
-    if tower == "image":
-        fn = lambda: enc.image_forward(spec["pixels"])
+        t = {k: torch.from_numpy(v) for k, v in spec.items()}
+        fn = torch.inference_mode()(lambda: model.encode_image(t["pixels"]) if tower == "image"
+                                    else model.encode_text(t["input_ids"], t["attention_mask"]))
     else:
-        ids, mask = spec["input_ids"], spec["attention_mask"]
-        fn = lambda: enc.text_forward(ids, mask)
+        from convirt_cli.torchfree.serve.encoder import OnnxEncoder
+
+        if mode == "plain":
+            use_plain_sessions()
+        enc = OnnxEncoder(export, "cpu", 1)
+        fn = lambda: enc.image_forward(spec["pixels"]) if tower == "image" \
+            else enc.text_forward(spec["input_ids"], spec["attention_mask"])
     for _ in range(n + 1):
         fn()
 

@@ -243,11 +243,12 @@ def quantize_image(path: Path, pixels: np.ndarray, held_out: np.ndarray | None =
         def get_next(self):
             return next(self.batches, None)
 
+    check = (held_out if held_out is not None and len(held_out) else pixels).astype(np.float32)
+
     def embed(graph: Path, int8: bool) -> np.ndarray:
         sess = session(graph, "cpu", int8=int8)[0]
         return np.concatenate([sess.run(None, {"pixels": check[i:i + 8]})[0] for i in range(0, len(check), 8)])
 
-    check = (held_out if held_out is not None and len(held_out) else pixels).astype(np.float32)
     m = onnx.load(str(path))
     del m.graph.value_info[:]
     src = path.with_suffix(".f32.onnx")
