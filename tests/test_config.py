@@ -152,6 +152,8 @@ def _console_script() -> str:
     (["pretrain", "d", "--batch-size", "0"], 2, "error: --batch-size 0"),
     ([], 2, "Usage: convirt"),
     (["pretrain"], 2, "Usage: convirt pretrain"),
+    (["embed", "x"], 2, "error: --out is required: pass --out"),
+    (["evaluate", "retrieval", "d"], 2, "error: --label-col is required"),
 ])
 def test_console_script_usage_errors(tmp_path, args, code, expect):
     """Through the installed `convirt` script (not only CliRunner): click's usage text or one error line,

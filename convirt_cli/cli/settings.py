@@ -81,5 +81,9 @@ def resolve(cls: type[C], **flags: Any) -> C:
         msg = err["msg"].removeprefix("Value error, ")
         if key in values:
             raise ConvirtError(f"{_origin(key, sources[key], values[key])}: {msg[:1].lower() + msg[1:]}") from None
+        if err["type"] == "missing":
+            flag = "--" + key.replace("_", "-")
+            raise ConvirtError(f"{flag} is required: pass {flag} (or set CONVIRT_{key.upper()}, or {key} in "
+                               f"{settings_file()}); see `convirt {cls.section} --help`") from None
         raise ConvirtError(f"{msg}") from None
     return cfg.with_sources(sources)
