@@ -195,3 +195,12 @@ def test_export_cli_latest_run(tmp_path, tiny_run, monkeypatch):
     assert seen["run"] == tiny_run and seen["out"] == tmp_path / "e" and seen["int8_text"] and not seen["fp16"]
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--onnx"])
     assert res.exit_code != 0 and isinstance(res.exception, ConvirtError) and "not a run directory" in str(res.exception)
+    (runs / "latest").unlink()
+    (runs / "latest").symlink_to(tiny_run)  # `ln -sfn RUN runs/latest` by hand works too
+    res = CliRunner().invoke(app, ["export", "--onnx", "--runs-dir", str(runs), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert seen["run"] == runs / "latest"
+    (runs / "latest").unlink()
+    (runs / "latest").write_text(str(tmp_path / "deleted-run") + "\n")
+    res = CliRunner().invoke(app, ["export", "--onnx", "--runs-dir", str(runs)])
+    assert isinstance(res.exception, ConvirtError) and "deleted-run, which is gone" in str(res.exception)

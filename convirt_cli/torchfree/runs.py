@@ -33,10 +33,15 @@ def set_latest(runs_dir: Path, run: Path) -> None:
 
 def latest_run(runs_dir: Path) -> Path | None:
     pointer = runs_dir / LATEST
+    if pointer.is_dir():  # a link a user made by hand: `ln -sfn RUN runs/latest`
+        return pointer
     if not pointer.is_file():
         return None
     path = Path(pointer.read_text().strip())
-    return path if path.is_dir() else None
+    if not path.is_dir():
+        raise ConvirtError(f"{pointer} names {path}, which is gone; pass a run directory or train one with "
+                           "`convirt pretrain DATA`")
+    return path
 
 
 def resolve_run(spec: str | Path | None, runs_dir: Path = Path("runs")) -> Path:

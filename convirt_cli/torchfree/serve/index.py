@@ -230,6 +230,8 @@ def set_latest_index(runs_dir: Path, index: Path) -> None:
 
 def latest_index(runs_dir: Path) -> Path:
     pointer = Path(runs_dir) / LATEST_INDEX
+    if is_index_dir(pointer):  # a link a user made by hand
+        return pointer
     if pointer.is_file():
         path = Path(pointer.read_text().strip())
         if is_index_dir(path):
