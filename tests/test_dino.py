@@ -247,13 +247,15 @@ def test_dino_tiny_teacher_does_not_collapse(dino_run):
 
 
 def test_dino_tower_beats_the_untrained_one_in_a_linear_probe(dino_run, tmp_path):
-    """Linear probe of the finding (6 classes) on the example data's split: DINO tower vs dino-tiny untrained."""
-    r = runner.invoke(app, ["finetune", str(EXAMPLES), "--init", f"{dino_run},random", "--model", "dino-tiny",
+    """Linear probe of the finding (6 classes) on the example data's split: DINO tower vs dino-tiny untrained (with no
+    --model, `random` is the run's own tower untrained, not the default `tiny` CNN)."""
+    r = runner.invoke(app, ["finetune", str(EXAMPLES), "--init", f"{dino_run},random",
                             "--label", "finding", "--bootstrap", "0", "--no-save-models", "--no-plot",
                             "--out", str(tmp_path / "ft")])
     assert r.exit_code == 0, r.output + repr(r.exception)
     table = json.loads((tmp_path / "ft" / "table.json").read_text())
     auc = {row["init"]: row["cells"]["1.0"]["mean"] for row in table["rows"]}
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["random_model"] == str(dino_run)
     trained, untrained = auc[dino_run.name], auc["random(dino-tiny)"]
     assert trained > untrained + 0.03, auc  # seen on 2 CPU cores: 0.76 vs 0.71
 

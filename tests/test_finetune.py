@@ -210,8 +210,10 @@ def test_classifier_exports_to_onnx(tmp_path, task, names):
 @pytest.mark.slow
 def test_linear_probe_of_pretrained_tower_beats_chance_and_random_init_on_example_data(tmp_path, example_run):
     """Linear probe (frozen tower) for the finding (6 balanced classes) on the held-out test split of
-    examples/data: chance is accuracy 1/6 and AUC 0.5. Seen on 2 CPU cores: pretrained accuracy 0.62 / AUC 0.88,
-    the same architecture at random init 0.40 / 0.73 (random conv features are already far above chance)."""
+    examples/data: chance is accuracy 1/6 and AUC 0.5. `random` is the run's own tower (architecture and 96 px)
+    untrained. Seen on 2 CPU cores: pretrained accuracy 0.64 / AUC 0.88, random init 0.59 / 0.79 (random conv
+    features are already far above chance; before `random` took the run's architecture it was the `tiny` preset at
+    its 128 px default, 0.40 / 0.73, which flattered the pretrained tower)."""
     out = tmp_path / "probe"
     res = runner.invoke(app, ["finetune", str(EXAMPLES / "pairs.csv"), "--init", f"{example_run},random", "--label",
                               "finding", "--split-col", "split", "--device", "cpu", "--bootstrap", "50", "--out", str(out)])
@@ -219,8 +221,9 @@ def test_linear_probe_of_pretrained_tower_beats_chance_and_random_init_on_exampl
     records = json.loads((out / "results.json").read_text())["records"]
     (pre,) = [r["test"] for r in records if r["init"] != "random(tiny)"]
     (rnd,) = [r["test"] for r in records if r["init"] == "random(tiny)"]
+    assert json.loads((out / "config.json").read_text())["random_model"] == str(example_run)
     assert pre["accuracy"] >= 1 / 6 + 0.25 and pre["auc"] >= 0.5 + 0.25, pre  # AUC: one-vs-rest, macro
-    assert pre["accuracy"] >= rnd["accuracy"] + 0.10 and pre["auc"] >= rnd["auc"] + 0.08, (pre, rnd)
+    assert pre["accuracy"] > rnd["accuracy"] and pre["auc"] >= rnd["auc"] + 0.05, (pre, rnd)
 
 
 @pytest.mark.slow

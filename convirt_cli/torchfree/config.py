@@ -184,7 +184,7 @@ class FinetuneConfig(DataSettings):
 
     data: Path
     init: Annotated[list[str], Field(min_length=1)] = ["random"]  # run dirs, presets, `random`, `latest`
-    model: str = "tiny"  # the preset `random` (and a preset init) builds
+    model: str = "tiny"  # what `random` and a preset init build; unset, `random` is the first run init's own tower
     pretrained: bool = False  # preset inits: hub weights (e.g. ImageNet); `random` never
     labels: list[str] = []
     task: Literal["auto", "multilabel", "multiclass", "regression", "segmentation"] = "auto"

@@ -80,7 +80,7 @@ class RichReporter:
 
 def finetune(
     data: Annotated[Path, typer.Argument(help="Labelled table (CSV/JSONL) or a folder holding manifest.csv / pairs.csv.")],
-    init: Annotated[str | None, typer.Option(help="Comma list of starting points: run dirs (any pretraining), presets, `random` (the --model preset untrained), `latest`.")] = None,
+    init: Annotated[str | None, typer.Option(help="Comma list of starting points: run dirs (any pretraining), presets, `random` (the first run's own tower untrained; with --model, that preset), `latest`.")] = None,
     model: o.Model = None,
     pretrained: o.Pretrained = None,
     label: Annotated[str | None, typer.Option(help="One label column: class names (multiclass), `|`-separated names (multilabel), or a number with --task regression.")] = None,

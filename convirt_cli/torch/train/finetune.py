@@ -75,7 +75,7 @@ class NullReporter:
 def init_label(spec: str, model: str, pretrained: bool) -> str:
     """Row name in the table: `random(tiny)`, the run folder's name, or the preset (+ `pretrained`)."""
     if spec == "random":
-        return f"random({Path(model).stem})"
+        return f"random({get_model_config(model).name})"
     if is_run_dir(Path(spec)):
         return Path(spec).resolve().name
     return f"{Path(spec).stem}{'+pretrained' if pretrained else ''}"
@@ -88,6 +88,14 @@ def resolve_init(spec: str, runs_dir: Path) -> str:
             raise ConvirtError(f"--init latest: no finished run in {runs_dir}/; pass a run directory")
         return str(run)
     return spec
+
+
+def random_model(cfg: FinetuneConfig, specs: list[str]) -> str:
+    """What `random` builds: --model when the user set it, else the first run's own architecture (the fair
+    baseline: the same tower untrained, at the same size), else the default preset."""
+    if cfg.sources().get("model", "default") != "default":
+        return cfg.model
+    return next((s for s in specs if is_run_dir(Path(s))), cfg.model)
 
 
 def init_image_config(spec: str, model: str, image_size: int | None) -> ImageTowerConfig:
@@ -351,7 +359,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     if metric not in known:
         raise ConvirtError(f"--metric {metric} is not a {labels.task} metric; use one of {', '.join(known)}")
     specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]
-    icfgs = [init_image_config(s, cfg.model, cfg.image_size) for s in specs]  # fails early on a bad init
+    baseline = random_model(cfg, specs)
+    icfgs = [init_image_config(s, baseline, cfg.image_size) for s in specs]  # fails early on a bad init
     sizes = list(dict.fromkeys(c.image_size for c in icfgs))
     images: dict[int, np.ndarray] = {}
     images[sizes[0]], bad = decode_images(rows, sizes[0], max(2, cfg.num_workers), cfg.window)
@@ -367,7 +376,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
 
     out = out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": specs})
+    write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": specs, "random_model": baseline})
     # the same subsets for every init: sampled from the training split by (fraction, seed) only
     subsets = {(f, s): train_idx[sample_fraction(labels.subset(train_idx), f, cfg.seed + s)]
                for f in cfg.label_fraction for s in range(cfg.seeds)}
@@ -378,7 +387,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
                      f"{float(f) * len(train_idx):.2g} rows; it takes {u['n_min']} ({u['fraction_min']:.1%}) so that every "
                      "class keeps an example. The table reports the rows used.")
     rep.start(len(specs) * len(subsets))
-    names = [init_label(s, cfg.model, cfg.pretrained) for s in specs]
+    names = [init_label(s, baseline, cfg.pretrained) for s in specs]
     if len(set(names)) < len(names):  # two runs with the same folder name: show the paths as given
         names = specs
     records: list[dict] = []
@@ -387,7 +396,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
         if size not in images:
             images[size], _ = decode_images(rows, size, max(2, cfg.num_workers), cfg.window)
         imgs = images[size]
-        tower = build_tower(spec, cfg.model, cfg.pretrained, cfg.image_size, cfg.seed)
+        tower = build_tower(spec, baseline, cfg.pretrained, cfg.image_size, cfg.seed)
         feats = None
         if cfg.mode == "linear":
             tower.requires_grad_(False)
@@ -471,7 +480,8 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     rows = checked.usable
     skipped = [(r.source, reason) for r, reason in checked.skipped]
     specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]
-    icfgs = [init_image_config(s, cfg.model, cfg.image_size) for s in specs]
+    baseline = random_model(cfg, specs)
+    icfgs = [init_image_config(s, baseline, cfg.image_size) for s in specs]
     size = icfgs[0].image_size
     if any(c.image_size != size for c in icfgs):
         raise ConvirtError("--task segmentation compares inits at one image size; pass --image-size PX")
@@ -496,16 +506,16 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     eval_split, ev_idx = ("test", test_idx) if len(test_idx) else ("val", val_idx)
     out = out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": specs})
+    write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": specs, "random_model": baseline})
     rng_subsets = {(f, s): np.sort(np.random.default_rng(cfg.seed + s).permutation(train_idx)[
         :max(1, math.ceil(f * len(train_idx)))]) for f in cfg.label_fraction for s in range(cfg.seeds)}
     used = labels_used(cfg.label_fraction, cfg.seeds, rng_subsets, len(train_idx))
     rep.start(len(specs) * len(rng_subsets))
-    names = [init_label(s, cfg.model, cfg.pretrained) for s in specs]
+    names = [init_label(s, baseline, cfg.pretrained) for s in specs]
     has_target = masks[ev_idx].reshape(len(ev_idx), -1).any(1)
     records: list[dict] = []
     for spec, name in zip(specs, names):
-        tower = build_tower(spec, cfg.model, cfg.pretrained, cfg.image_size, cfg.seed)
+        tower = build_tower(spec, baseline, cfg.pretrained, cfg.image_size, cfg.seed)
         tower.requires_grad_(False)
         feats = dense_features(tower, images, device)
         for (fraction, s), tr in rng_subsets.items():
