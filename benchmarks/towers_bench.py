@@ -60,6 +60,7 @@ def main() -> None:
     from convirt_cli.torch.train.loop import pretrain
     from convirt_cli.torchfree.config import FinetuneConfig, PretrainConfig
     from convirt_cli.torchfree.evaluate.zeroshot import evaluate_retrieval
+    from convirt_cli.torchfree.registry import get_model_config
     from convirt_cli.torchfree.serve.backends import open_encoder
 
     t0 = time.perf_counter()
@@ -77,11 +78,11 @@ def main() -> None:
     if not (run / "summary.json").is_file():
         pretrain(PretrainConfig(out=run, model="tiny", image_init=towers["dino"], **common))
     towers["convirt-from-dino"] = run
-    for name, preset in (("random-vit", "dino-tiny"), ("random-resnet", "tiny")):
+    for name, trained in (("random-vit", "dino"), ("random-resnet", "convirt")):  # the trained runs' own towers
         run = args.out / name
         if not (run / "model.json").is_file():
             torch.manual_seed(0)
-            save_model(create_model(preset, texts=["no finding"] * 4), run)
+            save_model(create_model(get_model_config(towers[trained]), texts=["no finding"] * 4), run)
         towers[name] = run
     learning = {k: json.loads((v / "summary.json").read_text()).get("learning") for k, v in towers.items()
                 if (v / "summary.json").is_file()}
