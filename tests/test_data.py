@@ -55,6 +55,25 @@ def test_folder_of_images_with_txt(tmp_path):
     assert len(validate_rows(rows).usable) == 1
 
 
+def test_text_column_may_name_report_files(tmp_path):
+    """MIMIC-CXR keeps one report file per study: a text cell that is a .txt path (relative to the table) is that
+    file's text; a named file that is missing is a counted skip, never the path trained on as if it were a report."""
+    (tmp_path / "reports" / "p10").mkdir(parents=True)
+    (tmp_path / "reports" / "p10" / "s1.txt").write_text("FINDINGS: Small left effusion.\nIMPRESSION: Effusion.")
+    for name in ("a.png", "b.png", "c.png"):
+        _png(tmp_path / name)
+    (tmp_path / "pairs.csv").write_text("image,text\na.png,reports/p10/s1.txt\nb.png,reports/p10/s2.txt\n"
+                                        "c.png,Heart size normal. Compared with prior.txt\n")
+    rows = read_rows(tmp_path)
+    assert rows[0].text.startswith("FINDINGS: Small left effusion.") and rows[0].text_file.name == "s1.txt"
+    assert rows[1].text == "" and rows[1].text_file == (tmp_path / "reports" / "p10" / "s2.txt").resolve()
+    assert rows[2].text.startswith("Heart size normal.") and rows[2].text_file is None  # prose that ends in .txt: text
+    v = validate_rows(rows)
+    assert [r.image.name for r in v.usable] == ["a.png", "c.png"]
+    assert dict(v.reasons()) == {"missing report file": 1}
+    assert [r.text for r in read_rows(tmp_path, text_col=None)] == ["", "", ""]  # images only: no reads
+
+
 def test_patient_split_keeps_patients_together(covid_csv):
     rows = validate_rows(read_rows(covid_csv, text_col="report")).usable
     s = split_rows(rows, val_fraction=0.2, test_fraction=0.1, patient_col="patientid", seed=3)

@@ -24,6 +24,7 @@ class Row:
     text: str
     source: str  # "file:row" for messages
     columns: dict[str, str] = field(default_factory=dict)
+    text_file: Path | None = None  # where the text came from when the table names a report file (MIMIC-CXR's layout)
 
 
 def find_table(data: Path) -> Path | None:
@@ -106,12 +107,26 @@ def read_rows(data: str | Path, image_col: str = "image", text_col: str | None =
             raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
     base = table.parent
     start = 2 if table.suffix != ".jsonl" else 1  # CSV row 1 is the header
-    return [
-        Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
-            text=(r.get(text_col) or "") if text_col else "",
-            source=f"{table.name}:{i}", columns=r)
-        for i, r in enumerate(records, start=start)
-    ]
+    rows = []
+    for i, r in enumerate(records, start=start):
+        text, text_file = _text((r.get(text_col) or "") if text_col else "", base)
+        rows.append(Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
+                        text=text, source=f"{table.name}:{i}", columns=r, text_file=text_file))
+    return rows
+
+
+def _text(value: str, base: Path) -> tuple[str, Path | None]:
+    """A text cell, or the report file it names (a path ending in .txt, relative to the table like images):
+    archives such as MIMIC-CXR keep one report file per study. A named file that is missing gives no text; the
+    row is then skipped as 'missing report file' (unless the cell has spaces: then it is prose that ends in .txt)."""
+    name = value.strip()
+    if not name.lower().endswith(".txt") or "\n" in name or len(name) > 1024:
+        return value, None
+    path = (base / name).resolve()
+    try:
+        return path.read_text(encoding="utf-8", errors="replace"), path
+    except OSError:
+        return ("", path) if not any(c.isspace() for c in name) else (value, None)
 
 
 def _read_folder(folder: Path, with_text: bool) -> list[Row]:
