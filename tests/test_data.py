@@ -1,12 +1,13 @@
 """Readers, validation and splits on real (messy) data and on small hand-made tables."""
 
 import json
+import re
 
 import pytest
 
 from convirt_cli.torchfree.data.readers import read_rows
 from convirt_cli.torchfree.data.split import split_rows
-from convirt_cli.torchfree.data.text import split_sentences
+from convirt_cli.torchfree.data.text import report_sections, split_sentences
 from convirt_cli.torchfree.data.validate import validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
 
@@ -131,3 +132,61 @@ def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
     train, val, _, _ = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
     assert rep.v.found == 8 and len(rep.v.usable) == 7 == len(train) + len(val)
     assert [(row.source, why) for row, why in rep.v.skipped] == [("t.csv:8", "duplicate pair (of t.csv:2)")]
+
+
+MIMIC_STYLE = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PA AND LAT)
+
+ INDICATION:  ___F with new onset ascites  // eval for infection
+
+ COMPARISON:  None.
+
+ FINDINGS:
+
+ No focal consolidation, pleural effusion or pneumothorax.  Bilateral
+ nodular opacities, most likely nipple shadows
+
+ IMPRESSION:
+
+ No acute cardiopulmonary process.
+"""
+
+
+def test_report_sections_by_hand():
+    """Headings at line starts (MIMIC-CXR) or inline (IU X-ray), any case; a section ends at the next known heading;
+    the report's order is kept, headings dropped, each section closed with a full stop."""
+    assert report_sections(MIMIC_STYLE, ["findings", "impression"]) == (
+        "No focal consolidation, pleural effusion or pneumothorax.  Bilateral\n nodular opacities, most likely "
+        "nipple shadows. No acute cardiopulmonary process.")
+    assert report_sections(MIMIC_STYLE, ["impression", "findings"]) == report_sections(MIMIC_STYLE,
+                                                                                         ["findings", "impression"])
+    assert report_sections(MIMIC_STYLE, ["indication"]) == "___F with new onset ascites  // eval for infection."
+    inline = "Findings: Borderline cardiomegaly. Clear lungs. Impression: No acute findings. Recommendation: none"
+    assert report_sections(inline, ["impression"]) == "No acute findings."
+    assert report_sections("Heart size: normal. No effusion.", ["findings"]) == ""  # no heading: nothing
+    assert report_sections("HISTORY: cough. OPINION: clear", ["opinion"]) == "clear."
+
+
+def test_report_sections_agree_with_iu_columns():
+    """On the 3,955 real IU X-ray reports, findings + impression taken from the `report` text equal the data set's
+    own `findings` and `impression` columns (seen: all but 2, where a 'Comparison:' heading sits inside findings)."""
+    import csv
+
+    from conftest import SHARED
+
+    with (SHARED / "iu-xray-reports" / "reports.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    words = lambda t: re.findall(r"\w+", t)  # the words, whatever the punctuation between sections
+    same = sum(words(report_sections(r["report"], ["findings", "impression"]))
+               == words(r["findings"] + " " + r["impression"]) for r in rows)
+    assert len(rows) == 3955 and same >= 3950, same
+
+
+def test_sections_skip_reports_without_them(tmp_path):
+    for name in ("a.png", "b.png"):
+        _png(tmp_path / name)
+    (tmp_path / "pairs.csv").write_text('image,text\na.png,"INDICATION: cough. FINDINGS: Small effusion."\n'
+                                        'b.png,"INDICATION: cough. TECHNIQUE: PA."\n')
+    v = validate_rows(read_rows(tmp_path, sections=["findings", "impression"]))
+    assert [r.text for r in v.usable] == ["Small effusion."]
+    assert dict(v.reasons()) == {"no findings/impression section": 1}

@@ -71,6 +71,21 @@ def test_corrupt_member_is_a_counted_bad_image(tmp_path):
     assert len(batch["bad"]) == 1 and len(batch["index"]) == sets["val"].count - 1
     r = runner.invoke(app, ["pretrain", str(tmp_path / "nope" / "{000000..000003}.tar")])
     assert isinstance(r.exception, ConvirtError) and "no such shard" in str(r.exception)
+    r = runner.invoke(app, ["pretrain", str(tmp_path / "s"), "--sections", "impression"])
+    assert isinstance(r.exception, ConvirtError) and "(whole reports); pass --sections to `convirt shard`" in str(
+        r.exception)
+
+
+def test_shards_keep_the_report_sections_asked_for(tmp_path):
+    """`convirt shard --sections impression`: the shards hold the impression alone; the example reports without one
+    (164 of 600; the rest write it 'Impression:' or 'IMPRESSION:') are counted skips, and shards.json says which sections its texts are."""
+    r = runner.invoke(app, ["shard", str(EXAMPLES), "--out", str(tmp_path / "s"), "--sections", "Impression",
+                            "--max-side", "32"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    meta = json.loads((tmp_path / "s" / "shards.json").read_text())
+    assert meta["sections"] == ["impression"] and meta["skipped"] == {"no impression section": 164}
+    texts = [v.decode() for k, v in _members(tmp_path / "s").items() if k.endswith(".txt")]
+    assert texts and all("impression" not in t.lower() and t.endswith(".") for t in texts), texts[:3]
 
 
 def _members(folder):

@@ -156,7 +156,8 @@ def calibration_texts(model: ConVIRT, run: Path, n: int = 256, seed: int = 1) ->
     cfg = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     if cfg.get("data") and Path(cfg["data"]).exists():
         try:
-            rows = read_rows(cfg["data"], image_col=cfg.get("image_col", "image"), text_col=cfg.get("text_col", "text"))
+            rows = read_rows(cfg["data"], image_col=cfg.get("image_col", "image"), text_col=cfg.get("text_col", "text"),
+                             sections=cfg.get("sections") or ())
             texts = list(dict.fromkeys(r.text for r in rows if r.text and r.text.strip()))
         except (ConvirtError, OSError, ValueError, KeyError):
             texts = []

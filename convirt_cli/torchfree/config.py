@@ -28,6 +28,15 @@ def _comma_list(value: Any) -> Any:
     return value
 
 
+def check_sections(value: list[str]) -> list[str]:
+    """Report section headings as `--sections findings,impression` names them: words, lower-cased."""
+    out = [" ".join(v.lower().split()) for v in value]
+    bad = [v for v in out if not v.replace(" ", "").isalpha()]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a report heading (words such as findings, impression)")
+    return list(dict.fromkeys(out))
+
+
 def check_window(value: str) -> str:
     from convirt_cli.torchfree.window import parse_window
 
@@ -100,6 +109,7 @@ class PretrainConfig(DataSettings):
     # sentence: the paper's one random sentence per step; report: the whole text; span: a random run of
     # consecutive sentences covering at least half of the report (between the two)
     text_view: Literal["sentence", "span", "report"] = "sentence"
+    sections: list[str] = []  # keep these headed report sections (e.g. findings, impression); []: the whole text
     out: Path | None = None
     name: str | None = None
     resume: bool = False
@@ -131,6 +141,8 @@ class PretrainConfig(DataSettings):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
     _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
+    _sections_list = field_validator("sections", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
+    _sections = field_validator("sections")(classmethod(lambda cls, v: check_sections(v)))
 
 
 class ShardConfig(DataSettings):
@@ -141,11 +153,14 @@ class ShardConfig(DataSettings):
     data: Path
     out: Path
     text_col: str | None = "text"  # None: image-only shards (for --objective dino / simclr)
+    sections: list[str] = []  # as pretrain's: the shards store only these report sections
     per_shard: Positive = 1000
     max_side: Annotated[int, Field(ge=16)] | None = None  # downscale larger images once (later epochs skip it)
     window: str = "auto"  # DICOM / high-bit images are stored as windowed 8-bit PNG
     workers: Positive | None = None  # processes decoding and encoding images; None: one per CPU core
     _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
+    _sections_list = field_validator("sections", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
+    _sections = field_validator("sections")(classmethod(lambda cls, v: check_sections(v)))
 
 
 # what a preset's `train` section may set: the recipe, not the data or where things go

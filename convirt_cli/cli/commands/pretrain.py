@@ -94,6 +94,7 @@ def pretrain(
     device: o.Device = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
+    sections: o.Sections = None,
     text_view: Annotated[str | None, typer.Option(help="sentence (the paper's: one random report sentence per step) | span (a random run of at least half the sentences) | report (the whole text). Default: the preset's.")] = None,
     split_col: o.SplitCol = None,
     patient_col: o.PatientCol = None,

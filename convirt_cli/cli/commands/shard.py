@@ -19,6 +19,7 @@ def shard(
     workers: Annotated[int | None, typer.Option(help="Processes decoding and encoding images (default: one per CPU core).")] = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
+    sections: o.Sections = None,
     no_text: Annotated[bool, typer.Option("--no-text", help="Image-only shards (for --objective dino / simclr).")] = False,
     split_col: o.SplitCol = None,
     patient_col: o.PatientCol = None,
@@ -41,14 +42,14 @@ def shard(
 
     cfg = resolve(ShardConfig, **flags)
     text_col = None if no_text else cfg.text_col
-    rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding)
+    rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections)
     checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     n = sum(len(v) for v in splits.values())
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
                             cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped,
-                            workers=cfg.workers)
+                            workers=cfg.workers, sections=cfg.sections if text_col else ())
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

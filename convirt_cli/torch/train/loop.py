@@ -154,6 +154,11 @@ def prepare_shards(cfg: PretrainConfig, rep: Reporter):
         raise ConvirtError(f"{cfg.data}: how many samples these shards hold is unknown (no shards.json beside them); "
                            "point at the folder `convirt shard` wrote")
     meta = train.meta
+    stored = meta.get("sections", [])
+    if cfg.sections and cfg.sections != stored:
+        raise ConvirtError(f"--sections {','.join(cfg.sections)}: shards store the text chosen when they were written "
+                           f"({'sections ' + ','.join(stored) if stored else 'whole reports'}); pass --sections to "
+                           "`convirt shard` instead")
     rep.note(f"shards: train {len(train)} samples in {len(train.urls)} shards, val {len(val)}; written with "
              f"max side {meta.get('max_side')}, window {meta.get('window')}; {sum(meta.get('skipped', {}).values())} "
              "skipped when written")
@@ -176,7 +181,7 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
                  rep: Reporter) -> tuple[list[Row], list[Row], int | None, dict]:
     """(train rows, validation rows, the smallest image's shorter side, what was read / skipped / split for
     summary.json)."""
-    rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding)
+    rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections)
     checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)

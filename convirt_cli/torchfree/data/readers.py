@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convirt_cli.torchfree.data.text import report_sections
 from convirt_cli.torchfree.errors import ConvirtError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
@@ -25,6 +26,7 @@ class Row:
     source: str  # "file:row" for messages
     columns: dict[str, str] = field(default_factory=dict)
     text_file: Path | None = None  # where the text came from when the table names a report file (MIMIC-CXR's layout)
+    text_problem: str | None = None  # why the text is unusable, found while reading (a skip reason)
 
 
 def find_table(data: Path) -> Path | None:
@@ -90,14 +92,25 @@ def _read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
 
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
-              encoding: str = "auto") -> list[Row]:
-    """All rows of DATA; `text_col=None` reads images only (finetune, embed)."""
+              encoding: str = "auto", sections: list[str] | tuple[str, ...] = ()) -> list[Row]:
+    """All rows of DATA; `text_col=None` reads images only (finetune, embed). `sections` keeps those headed
+    sections of each report (e.g. findings, impression); a report with none of them is a skip reason."""
     data = Path(data)
     if not data.exists():
         raise ConvirtError(f"{data}: no such file or folder")
     table = find_table(data)
-    if table is None:
-        return _read_folder(data, text_col is not None)
+    rows = _read_folder(data, text_col is not None) if table is None else _read_table_rows(table, image_col, text_col,
+                                                                                            encoding)
+    if sections and text_col is not None:
+        for row in rows:
+            if row.text.strip() and row.text_problem is None:
+                row.text = report_sections(row.text, sections)
+                if not row.text:
+                    row.text_problem = f"no {'/'.join(sections)} section"
+    return rows
+
+
+def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding: str) -> list[Row]:
     records = _read_table(table, encoding)
     if not records:
         raise ConvirtError(f"{table}: no rows")
@@ -110,8 +123,10 @@ def read_rows(data: str | Path, image_col: str = "image", text_col: str | None =
     rows = []
     for i, r in enumerate(records, start=start):
         text, text_file = _text((r.get(text_col) or "") if text_col else "", base)
+        missing = text_file is not None and not text_file.is_file()
         rows.append(Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
-                        text=text, source=f"{table.name}:{i}", columns=r, text_file=text_file))
+                        text=text, source=f"{table.name}:{i}", columns=r, text_file=text_file,
+                        text_problem="missing report file" if missing else None))
     return rows
 
 

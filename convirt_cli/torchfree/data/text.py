@@ -43,3 +43,33 @@ def text_view(text: str, view: str, rng: random.Random) -> str:
     if view == "report":
         return text
     raise ValueError(f"unknown text view {view!r}")
+
+
+# Headings of radiology report templates (MIMIC-CXR, IU X-ray, most hospitals'). A section runs from its heading
+# to the next known one; `--sections findings,impression` keeps those, as image-text work on MIMIC-CXR usually
+# does, and drops the indication, history and technique that say nothing about the image.
+REPORT_HEADINGS = (
+    "examination", "exam", "indication", "indications", "history", "clinical history", "clinical information",
+    "reason for exam", "reason for examination", "technique", "procedure", "comparison", "comparisons", "findings",
+    "impression", "impressions", "conclusion", "conclusions", "recommendation", "recommendations", "notification",
+    "wet read", "addendum", "opinion", "summary",
+)
+
+
+def _heading_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    alts = "|".join(sorted((re.escape(n).replace(r"\ ", r"\s+") for n in names), key=len, reverse=True))
+    return re.compile(rf"(?:^|(?<=[\s.]))({alts})\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+def report_sections(text: str, names: list[str] | tuple[str, ...]) -> str:
+    """The named sections of a report, in the report's order, headings dropped; '' when it has none of them."""
+    wanted = {" ".join(n.lower().split()) for n in names}
+    pattern = _heading_pattern(tuple(dict.fromkeys((*REPORT_HEADINGS, *wanted))))
+    marks = list(pattern.finditer(text))
+    kept = []
+    for m, nxt in zip(marks, [*marks[1:], None]):
+        if " ".join(m.group(1).lower().split()) in wanted:
+            body = text[m.end():nxt.start() if nxt else len(text)].strip()
+            if body:
+                kept.append(body if body[-1] in ".!?" else body + ".")
+    return " ".join(kept)

@@ -27,8 +27,8 @@ def check_row(row: Row, need_text: bool) -> str | int:
     """The reason a row cannot be used, or its image's shorter side (pixels)."""
     if not row.image.is_file():
         return "missing image file"
-    if need_text and row.text_file is not None and not row.text_file.is_file():
-        return "missing report file"
+    if need_text and row.text_problem:
+        return row.text_problem
     if need_text and not row.text.strip():
         return "empty text"
     if row.image.suffix.lower() not in PLAIN_SUFFIXES:
