@@ -73,6 +73,10 @@ def test_text_column_may_name_report_files(tmp_path):
     assert [r.image.name for r in v.usable] == ["a.png", "c.png"]
     assert dict(v.reasons()) == {"missing report file": 1}
     assert [r.text for r in read_rows(tmp_path, text_col=None)] == ["", "", ""]  # images only: no reads
+    from convirt_cli.torchfree.serve.inputs import read_inputs
+
+    kind, items = read_inputs(str(tmp_path), kind="text")  # `convirt embed --kind text` says why a row is skipped
+    assert kind == "text" and [it.get("problem") for it in items] == [None, "missing report file", None]
 
 
 def test_patient_split_keeps_patients_together(covid_csv):

@@ -46,4 +46,5 @@ def read_inputs(spec: str, kind: str | None = None, image_col: str = "image", te
     rows = read_rows(path, image_col=image_col, text_col=text_col if kind == "text" else None)
     if kind == "image":
         return kind, [{"path": str(r.image), "source": r.source} for r in rows]
-    return kind, [{"text": r.text, "source": r.source} for r in rows]
+    return kind, [{"text": r.text, "source": r.source} | ({"problem": r.text_problem} if r.text_problem else {})
+                  for r in rows]

@@ -53,7 +53,7 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
         emb, ok, bad = encoder.encode_images([it["path"] for it in items], batch_size=batch_size, on_progress=on_progress)
     else:
         ok = [i for i, it in enumerate(items) if it["text"].strip()]
-        bad = [(i, "empty text") for i, it in enumerate(items) if not it["text"].strip()]
+        bad = [(i, it.get("problem") or "empty text") for i, it in enumerate(items) if not it["text"].strip()]
         if on_progress and bad:
             on_progress(len(bad))
         emb = encoder.encode_texts([items[i]["text"] for i in ok], batch_size=batch_size, on_progress=on_progress)
