@@ -6,7 +6,7 @@ import re
 import pytest
 
 from convirt_cli.torchfree.data.readers import read_rows
-from convirt_cli.torchfree.data.split import split_rows
+from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.text import report_sections, split_sentences
 from convirt_cli.torchfree.data.validate import validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
@@ -94,10 +94,23 @@ def test_patient_column_is_detected(covid_csv):
     assert split_rows(rows, 0.2, seed=1) == split_rows(rows, 0.2, patient_col="patientid", seed=1)
 
 
+@pytest.mark.parametrize("col", ["Patient ID", "subject_id", "PatientID", "MRN"])
+def test_archive_patient_columns_are_detected(tmp_path, col):
+    """NIH ChestX-ray14 writes 'Patient ID', MIMIC-CXR subject_id: each still keeps a patient in one split."""
+    lines = [f"image,text,{col}"] + [f"{i}.png,t,P{i % 7}" for i in range(70)]
+    (tmp_path / "p.csv").write_text("\n".join(lines) + "\n")
+    rows = read_rows(tmp_path / "p.csv")
+    assert describe_split(rows, None, None) == f"by patient ('{col}')"
+    s = split_rows(rows, 0.3, seed=0)
+    pats = {k: {r.columns[col] for r in v} for k, v in s.items()}
+    assert pats["train"] and pats["val"] and not pats["train"] & pats["val"]
+
+
 def test_split_column_values_case_insensitive(tmp_path):
-    (tmp_path / "p.csv").write_text("image,text,s\na.png,t,Train\nb.png,t,VALID\nc.png,t,validation\nd.png,t,test\n")
+    (tmp_path / "p.csv").write_text("image,text,s\na.png,t,Train\nb.png,t,VALID\nc.png,t,validation\nd.png,t,test\n"
+                                    "e.png,t,validate\n")  # MIMIC-CXR's split file says validate
     s = split_rows(read_rows(tmp_path / "p.csv"), split_col="s")
-    assert {k: len(v) for k, v in s.items()} == {"train": 1, "val": 2, "test": 1}
+    assert {k: len(v) for k, v in s.items()} == {"train": 1, "val": 3, "test": 1}
     (tmp_path / "q.csv").write_text("image,text,s\na.png,t,foo\n")
     with pytest.raises(ConvirtError, match=r"q.csv:2: split value 'foo'"):
         split_rows(read_rows(tmp_path / "q.csv"), split_col="s")

@@ -9,10 +9,12 @@ from convirt_cli.torchfree.errors import ConvirtError
 
 SPLIT_NAMES = {
     "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "holdout": "test",
+    "val": "val", "valid": "val", "validate": "val", "validation": "val", "dev": "val",  # validate: MIMIC-CXR's
+    "test": "test", "testing": "test", "holdout": "test",
 }
-PATIENT_COLS = ("patient_id", "patientid", "patient", "subject_id")
+# patient id columns, compared without case, spaces or underscores: patient_id, PatientID, "Patient ID" (NIH
+# ChestX-ray14), subject_id (MIMIC-CXR), MRN
+PATIENT_COLS = ("patientid", "patient", "subjectid", "subject", "mrn")
 
 
 def _unit(key: str, seed: int) -> float:
@@ -32,7 +34,8 @@ def detect_columns(rows: list[Row], split_col: str | None, patient_col: str | No
         split_col = next((c for c in SPLIT_COLS if c in cols and all(
             r.columns.get(c, "").strip().lower() in SPLIT_NAMES for r in rows)), None)
     if patient_col is None and split_col is None:
-        patient_col = next((c for c in PATIENT_COLS if c in cols), None)
+        key = {"".join(ch for ch in c.lower() if ch.isalnum()): c for c in reversed(list(cols))}
+        patient_col = next((key[k] for k in PATIENT_COLS if k in key), None)
     return split_col, patient_col
 
 
@@ -60,7 +63,7 @@ def split_rows(
             value = r.columns[split_col].strip().lower()
             if value not in SPLIT_NAMES:
                 raise ConvirtError(f"{r.source}: split value '{r.columns[split_col]}' in column '{split_col}' "
-                                   f"is not one of train/val/valid/validation/test")
+                                   f"is not one of {'/'.join(SPLIT_NAMES)}")
             out[SPLIT_NAMES[value]].append(r)
         return out
     for r in rows:
