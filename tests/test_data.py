@@ -33,6 +33,7 @@ def test_strict_fails_on_first_bad_row(covid_csv):
 def _png(path):
     from PIL import Image
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("L", (8, 8), 128).save(path)
 
 
@@ -77,6 +78,22 @@ def test_text_column_may_name_report_files(tmp_path):
 
     kind, items = read_inputs(str(tmp_path), kind="text")  # `convirt embed --kind text` says why a row is skipped
     assert kind == "text" and [it.get("problem") for it in items] == [None, "missing report file", None]
+
+
+def test_image_paths_relative_to_a_parent_of_the_table(tmp_path):
+    """CheXpert's train.csv sits in CheXpert-v1.0-small/ and names 'CheXpert-v1.0-small/train/...': the folder above
+    it is the base. When no base fits, the error shows the path it looked for."""
+    top = tmp_path / "CheXpert-v1.0-small"
+    for i in range(3):
+        _png(top / "train" / f"patient0000{i}" / "study1" / "view1_frontal.png")
+    names = [f"CheXpert-v1.0-small/train/patient0000{i}/study1/view1_frontal.png" for i in range(3)]
+    (top / "train.csv").write_text("Path,Sex,text\n" + "".join(f"{n},F,t\n" for n in names))
+    rows = read_rows(top / "train.csv", image_col="Path")
+    assert [r.image for r in rows] == [(tmp_path / n).resolve() for n in names]
+    assert len(validate_rows(rows).usable) == 3
+    (top / "moved.csv").write_text("Path,text\nelsewhere/a.png,t\nelsewhere/b.png,t\n")
+    with pytest.raises(ConvirtError, match=r"moved.csv:2 names .*elsewhere/a.png: image paths are read relative"):
+        validate_rows(read_rows(top / "moved.csv", image_col="Path"))
 
 
 def test_patient_split_keeps_patients_together(covid_csv):

@@ -118,7 +118,7 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     for col, flag in ((image_col, "--image-col"), (text_col, "--text-col")):
         if col is not None and col not in cols:
             raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
-    base = table.parent
+    base = image_base(table, [r.get(image_col) or "" for r in records[:20]]) if image_col else table.parent
     start = 2 if table.suffix != ".jsonl" else 1  # CSV row 1 is the header
     rows = []
     for i, r in enumerate(records, start=start):
@@ -128,6 +128,17 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
                         text=text, source=f"{table.name}:{i}", columns=r, text_file=text_file,
                         text_problem="missing report file" if missing else None))
     return rows
+
+
+def image_base(table: Path, names: list[str]) -> Path:
+    """The folder image paths are relative to: the table's own, else the nearest of its two parents under which
+    most of the first names exist (CheXpert's train.csv names 'CheXpert-v1.0-small/train/...' from the folder
+    above it)."""
+    names = [n for n in names if n and not Path(n).is_absolute()]
+    for base in (table.parent, table.parent.parent, table.parent.parent.parent):
+        if names and sum((base / n).exists() for n in names) * 2 > len(names):
+            return base
+    return table.parent
 
 
 def _text(value: str, base: Path) -> tuple[str, Path | None]:

@@ -60,5 +60,9 @@ def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False)
         raise ConvirtError(f"{row.source}: {reason} ({row.image.name}); {len(v.skipped)} bad rows in all "
                            "(drop --strict to skip them)")
     if not v.usable:
-        raise ConvirtError(f"no usable rows out of {v.found}: {dict(v.reasons())}")
+        hint = ""
+        if v.reasons().get("missing image file") == v.found and rows:
+            hint = (f"; e.g. {rows[0].source} names {rows[0].image}: image paths are read relative to the table's "
+                    "folder (or a parent of it), or give them absolute")
+        raise ConvirtError(f"no usable rows out of {v.found}: {dict(v.reasons())}{hint}")
     return v
