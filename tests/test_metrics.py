@@ -41,6 +41,17 @@ def test_f1_accuracy_and_ovr_auc_match_sklearn():
     assert M.macro_f1(y, pred) == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
     assert M.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
     assert M.ovr_auc(y, prob) == pytest.approx(skm.roc_auc_score(y, prob, multi_class="ovr", average="macro"), abs=1e-12)
+    onehot = np.eye(4)[y]
+    assert M.ovr_auprc(y, prob) == pytest.approx(skm.average_precision_score(onehot, prob, average="macro"), abs=1e-12)
+
+
+def test_ovr_auprc_by_hand():
+    """y = [0, 1, 1, 2]. Class 0: its positive ties a negative at 0.5 (one threshold: precision 1/2) -> 0.5.
+    Class 1: ranked pos (0.5), neg (0.45), pos (0.4) -> (1 + 2/3) / 2. Class 2: its positive first -> 1.
+    Macro: (0.5 + 5/6 + 1) / 3 = 7/9."""
+    prob = np.array([[0.5, 0.45, 0.05], [0.2, 0.5, 0.3], [0.5, 0.4, 0.1], [0.1, 0.2, 0.7]])
+    assert M.ovr_auprc(np.array([0, 1, 1, 2]), prob) == pytest.approx(7 / 9, abs=1e-12)
+    assert M.task_metrics("multiclass", np.array([0, 1, 1, 2.0]), prob)["auprc"] == pytest.approx(7 / 9, abs=1e-12)
 
 
 def test_regression_metrics_match_sklearn():

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 PRIMARY = {"multilabel": "macro_auc", "multiclass": "auc", "regression": "r2", "segmentation": "dice_positive"}
-METRICS = {"multilabel": ["macro_auc", "macro_auprc"], "multiclass": ["auc", "accuracy", "macro_f1"],
+METRICS = {"multilabel": ["macro_auc", "macro_auprc"], "multiclass": ["auc", "auprc", "accuracy", "macro_f1"],
            "regression": ["r2", "mae"], "segmentation": ["dice_positive", "iou_positive", "dice", "iou"]}
 # metrics where lower is better (early stopping and "best" need the direction)
 LOWER_IS_BETTER = {"mae", "rmse", "loss"}
@@ -81,6 +81,13 @@ def ovr_auc(y: np.ndarray, prob: np.ndarray) -> float:
     return float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")
 
 
+def ovr_auprc(y: np.ndarray, prob: np.ndarray) -> float:
+    """Class indices y [N], probabilities [N, K] -> macro one-vs-rest average precision over classes present in y
+    (RAD-DINO's classification metric; unlike AUC it moves with class balance, so rare classes weigh in)."""
+    y = np.asarray(y).astype(int)
+    return _nanmean([average_precision(y == k, prob[:, k]) for k in range(prob.shape[1])])
+
+
 def mae(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(y, np.float64) - np.asarray(pred, np.float64))))
 
@@ -103,7 +110,7 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
     """All metrics of a task; rows/labels whose target is NaN are masked out.
 
     multilabel: y [N, K] 0/1/NaN, scores [N, K] probabilities -> auc/<name>, auprc/<name>, macro_auc, macro_auprc
-    multiclass: y [N] class index/NaN, scores [N, K] probabilities -> accuracy, macro_f1, auc (one-vs-rest)
+    multiclass: y [N] class index/NaN, scores [N, K] probabilities -> accuracy, macro_f1, auc and auprc (one-vs-rest)
     regression: y [N] value/NaN, scores [N] predictions -> mae, r2
     """
     y = np.asarray(y, np.float64)
@@ -123,7 +130,8 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
     if task == "multiclass":
         yi = y.astype(int)
         pred = scores.argmax(1)
-        return {"auc": ovr_auc(yi, scores), "accuracy": accuracy(yi, pred), "macro_f1": macro_f1(yi, pred)}
+        return {"auc": ovr_auc(yi, scores), "auprc": ovr_auprc(yi, scores), "accuracy": accuracy(yi, pred),
+                "macro_f1": macro_f1(yi, pred)}
     if task == "regression":
         return {"mae": mae(y, scores), "r2": r2(y, scores)}
     raise ValueError(f"unknown task {task!r}")
