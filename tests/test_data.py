@@ -96,6 +96,26 @@ def test_image_paths_relative_to_a_parent_of_the_table(tmp_path):
         validate_rows(read_rows(top / "moved.csv", image_col="Path"))
 
 
+def test_folder_in_mimic_layout(tmp_path):
+    """MIMIC-CXR's tree: files/p10/p10000032/s50414267/<dicom id>.png with the study's report beside its folder as
+    s50414267.txt. With no table, each image takes its study's report, and one study's images share a split."""
+    pat = tmp_path / "files" / "p10" / "p10000032"
+    for study, images in (("s1", ("a", "b")), ("s2", ("c",))):
+        for name in images:
+            _png(pat / study / f"{name}.png")
+        (pat / f"{study}.txt").write_text(f"FINDINGS: report of {study}.")
+    _png(tmp_path / "files" / "own.png")
+    (tmp_path / "files" / "own.txt").write_text("Its own report.")
+    rows = read_rows(tmp_path / "files")
+    assert {r.image.name: r.text for r in rows} == {"a.png": "FINDINGS: report of s1.", "b.png": "FINDINGS: report "
+                                                    "of s1.", "c.png": "FINDINGS: report of s2.", "own.png": "Its own report."}
+    nested = [r for r in rows if r.image.name != "own.png"]
+    assert describe_split(nested, None, None) == "by study ('study')"
+    for seed in range(5):
+        split = {r.image.name: k for k, v in split_rows(nested, 0.5, seed=seed).items() for r in v}
+        assert split["a.png"] == split["b.png"]
+
+
 def test_patient_split_keeps_patients_together(covid_csv):
     rows = validate_rows(read_rows(covid_csv, text_col="report")).usable
     s = split_rows(rows, val_fraction=0.2, test_fraction=0.1, patient_col="patientid", seed=3)

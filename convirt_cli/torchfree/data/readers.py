@@ -161,9 +161,15 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
         raise ConvirtError(f"{folder}: no pairs.csv / pairs.jsonl and no images inside; see `convirt pretrain --help`")
     rows = []
     for p in images:
-        txt = p.with_suffix(".txt")
-        text = txt.read_text(encoding="utf-8", errors="replace") if with_text and txt.is_file() else ""
-        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=_file_columns(p)))
+        text = ""
+        if with_text:  # the image's own .txt, else its study's: MIMIC-CXR puts s123.txt beside the folder s123/
+            near = [p.with_suffix(".txt")] + ([p.parent.with_suffix(".txt")] if p.parent != folder else [])
+            txt = next((t for t in near if t.is_file()), None)
+            text = txt.read_text(encoding="utf-8", errors="replace") if txt else ""
+        columns = _file_columns(p)
+        if p.parent != folder:  # images of one study folder stay in one split (when no patient id says more)
+            columns.setdefault("study", str(p.parent.relative_to(folder)))
+        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=columns))
     return rows
 
 

@@ -15,6 +15,7 @@ SPLIT_NAMES = {
 # patient id columns, compared without case, spaces or underscores: patient_id, PatientID, "Patient ID" (NIH
 # ChestX-ray14), subject_id (MIMIC-CXR), MRN
 PATIENT_COLS = ("patientid", "patient", "subjectid", "subject", "mrn")
+GROUP_COLS = ("studyid", "study")  # without a patient id: one study's images (and report) stay in one split
 
 
 def _unit(key: str, seed: int) -> float:
@@ -34,16 +35,22 @@ def detect_columns(rows: list[Row], split_col: str | None, patient_col: str | No
         split_col = next((c for c in SPLIT_COLS if c in cols and all(
             r.columns.get(c, "").strip().lower() in SPLIT_NAMES for r in rows)), None)
     if patient_col is None and split_col is None:
-        key = {"".join(ch for ch in c.lower() if ch.isalnum()): c for c in reversed(list(cols))}
-        patient_col = next((key[k] for k in PATIENT_COLS if k in key), None)
+        key = {_plain(c): c for c in reversed(list(cols))}
+        patient_col = next((key[k] for k in PATIENT_COLS + GROUP_COLS if k in key), None)
     return split_col, patient_col
+
+
+def _plain(column: str) -> str:
+    return "".join(ch for ch in column.lower() if ch.isalnum())
 
 
 def describe_split(rows: list[Row], split_col: str | None, patient_col: str | None) -> str:
     split_col, patient_col = detect_columns(rows, split_col, patient_col)
     if split_col:
         return f"by column '{split_col}'"
-    return f"by patient ('{patient_col}')" if patient_col else "by image (no patient id column; --patient-col)"
+    if patient_col:
+        return f"by {'study' if _plain(patient_col) in GROUP_COLS else 'patient'} ('{patient_col}')"
+    return "by image (no patient id column; --patient-col)"
 
 
 def split_rows(
