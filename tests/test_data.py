@@ -2,10 +2,11 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from convirt_cli.torchfree.data.readers import read_rows
+from convirt_cli.torchfree.data.readers import Row, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.text import report_sections, split_sentences
 from convirt_cli.torchfree.data.validate import validate_rows
@@ -244,3 +245,26 @@ def test_sections_skip_reports_without_them(tmp_path):
     v = validate_rows(read_rows(tmp_path, sections=["findings", "impression"]))
     assert [r.text for r in v.usable] == ["Small effusion."]
     assert dict(v.reasons()) == {"no findings/impression section": 1}
+
+
+def test_header_checks_overlap_only_on_slow_storage(monkeypatch):
+    """A header read that waits on storage (2 ms here, as on a network file system) sends the rows after the timed
+    probe through threads; fast reads stay on this thread. Either way the reasons come back in row order."""
+    import threading
+    import time
+
+    import convirt_cli.torchfree.data.validate as V
+
+    rows = [Row(image=Path(f"/x/{i}.png"), text="t", source=f"t.csv:{i}") for i in range(40)]
+    seen = []
+
+    def check(row, need_text, wait):
+        seen.append(threading.get_ident())
+        time.sleep(wait)
+        return int(row.image.stem) + 10
+
+    for wait, threaded in ((0.002, True), (0.0, False)):
+        seen.clear()
+        monkeypatch.setattr(V, "check_row", lambda r, n, w=wait: check(r, n, w))
+        assert V.check_rows(rows, True, threads=4, probe=8) == list(range(10, 50))
+        assert (set(seen) != {threading.get_ident()}) == threaded

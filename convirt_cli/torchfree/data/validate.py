@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -46,10 +48,25 @@ def check_row(row: Row, need_text: bool) -> str | int:
         return "unreadable image"
 
 
+SLOW_STORAGE_S = 1e-3  # per header read; a local disk or page cache takes ~0.04 ms (pneumoniamnist, 2026-11-26)
+
+
+def check_rows(rows: list[Row], need_text: bool, threads: int = 16, probe: int = 256) -> list[str | int]:
+    """check_row of every row, in order. The first `probe` rows are timed: where a header read waits on storage
+    (archives on network file systems: milliseconds each) the rest go through a thread pool that overlaps the
+    waits; on a local disk threads only add GIL contention (0.19 vs 0.04 ms a row measured here), so they stay off."""
+    t0 = time.perf_counter()
+    out = [check_row(r, need_text) for r in rows[:probe]]
+    rest = rows[probe:]
+    if not rest or threads <= 1 or (time.perf_counter() - t0) / max(1, len(out)) < SLOW_STORAGE_S:
+        return out + [check_row(r, need_text) for r in rest]
+    with ThreadPoolExecutor(threads) as pool:
+        return out + list(pool.map(lambda r: check_row(r, need_text), rest, chunksize=16))
+
+
 def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False) -> Validation:
     v = Validation(found=len(rows), usable=[])
-    for row in rows:
-        reason = check_row(row, need_text)
+    for row, reason in zip(rows, check_rows(rows, need_text)):
         if isinstance(reason, int):
             v.usable.append(row)
             v.min_side = reason if v.min_side is None else min(v.min_side, reason)
