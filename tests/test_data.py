@@ -97,6 +97,16 @@ def test_image_paths_relative_to_a_parent_of_the_table(tmp_path):
         validate_rows(read_rows(top / "moved.csv", image_col="Path"))
 
 
+def test_a_folder_with_one_table_of_any_name_reads_it(tmp_path):
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    (tmp_path / "train.csv").write_text("image,text\na.png,Small effusion.\n")
+    assert [(r.image.name, r.text) for r in read_rows(tmp_path)] == [("a.png", "Small effusion.")]  # not the folder scan
+    (tmp_path / "valid.csv").write_text("image,text\nb.png,Clear.\n")
+    with pytest.raises(ConvirtError, match=r"2 tables \(train.csv, valid.csv\) and no pairs.csv; pass the one"):
+        read_rows(tmp_path)
+
+
 def test_folder_in_mimic_layout(tmp_path):
     """MIMIC-CXR's tree: files/p10/p10000032/s50414267/<dicom id>.png with the study's report beside its folder as
     s50414267.txt. With no table, each image takes its study's report, and one study's images share a split."""

@@ -30,13 +30,18 @@ class Row:
 
 
 def find_table(data: Path) -> Path | None:
-    """DATA as a file, or a folder holding pairs.csv/jsonl (or manifest.csv/jsonl)."""
+    """DATA as a file, or a folder holding pairs.csv/jsonl (or manifest.csv/jsonl), or else one table of any name
+    (a folder with several is ambiguous: one line asks for the file). None: a folder of images."""
     if data.is_file():
         return data
     for name in TABLE_NAMES:
         if (data / name).is_file():
             return data / name
-    return None
+    tables = sorted(p for p in data.glob("*") if p.suffix.lower() in (".csv", ".tsv", ".jsonl") and p.is_file())
+    if len(tables) > 1:
+        raise ConvirtError(f"{data}: {len(tables)} tables ({', '.join(p.name for p in tables[:5])}) and no pairs.csv; "
+                           f"pass the one to read, e.g. {tables[0]}")
+    return tables[0] if tables else None
 
 
 
