@@ -97,6 +97,16 @@ def test_image_paths_relative_to_a_parent_of_the_table(tmp_path):
         validate_rows(read_rows(top / "moved.csv", image_col="Path"))
 
 
+def test_text_from_several_columns(tmp_path):
+    """--text-col findings,impression joins those columns, each closed with a full stop (MIMIC-CXR's sectioned CSV)."""
+    (tmp_path / "p.csv").write_text('image,findings,impression\na.png,Small left effusion,No pneumothorax.\n'
+                                    'b.png,,Clear lungs\n')
+    rows = read_rows(tmp_path / "p.csv", text_col="findings,impression")
+    assert [r.text for r in rows] == ["Small left effusion. No pneumothorax.", "Clear lungs."]
+    with pytest.raises(ConvirtError, match=r"no column 'impresion' .* pass --text-col NAME"):
+        read_rows(tmp_path / "p.csv", text_col="findings,impresion")
+
+
 def test_a_folder_with_one_table_of_any_name_reads_it(tmp_path):
     _png(tmp_path / "a.png")
     _png(tmp_path / "b.png")

@@ -12,7 +12,7 @@ Pretrained = Annotated[bool | None, typer.Option("--pretrained/--no-pretrained",
 ImageWeights = Annotated[Path | None, typer.Option(help="Local folder with image tower weights (timm local-dir or HF).")]
 TextWeights = Annotated[Path | None, typer.Option(help="Local folder with the text tower (config, tokenizer, weights).")]
 ImageCol = Annotated[str | None, typer.Option(help="Column holding image paths (relative to the table).")]
-TextCol = Annotated[str | None, typer.Option(help="Column holding the report text (or the path of a .txt report file).")]
+TextCol = Annotated[str | None, typer.Option(help="Column holding the report text (or the path of a .txt report file); a comma list joins several (findings,impression).")]
 Sections = Annotated[str | None, typer.Option(help="Keep only these headed report sections, comma list (e.g. findings,impression); reports with none are skipped and counted.")]
 SplitCol = Annotated[str | None, typer.Option(help="Column with train/val/test values (case-insensitive).")]
 PatientCol = Annotated[str | None, typer.Option(help="Column with patient ids for a patient-level split (auto-detected).")]

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convirt_cli.torchfree.data.text import report_sections
+from convirt_cli.torchfree.data.text import join_parts, report_sections
 from convirt_cli.torchfree.errors import ConvirtError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
@@ -120,14 +120,17 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     if not records:
         raise ConvirtError(f"{table}: no rows")
     cols = list(records[0].keys())
-    for col, flag in ((image_col, "--image-col"), (text_col, "--text-col")):
+    # --text-col findings,impression: several columns make one text (MIMIC-CXR's sectioned CSV)
+    text_cols = [text_col] if text_col is None or text_col in cols else [c.strip() for c in text_col.split(",")]
+    for col, flag in ((image_col, "--image-col"), *((c, "--text-col") for c in text_cols)):
         if col is not None and col not in cols:
             raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
     base = image_base(table, [r.get(image_col) or "" for r in records[:20]]) if image_col else table.parent
     start = 2 if table.suffix != ".jsonl" else 1  # CSV row 1 is the header
     rows = []
     for i, r in enumerate(records, start=start):
-        text, text_file = _text((r.get(text_col) or "") if text_col else "", base)
+        cell = (r.get(text_col) or "") if len(text_cols) == 1 else join_parts(r.get(c) for c in text_cols)
+        text, text_file = _text(cell if text_col else "", base)
         missing = text_file is not None and not text_file.is_file()
         rows.append(Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
                         text=text, source=f"{table.name}:{i}", columns=r, text_file=text_file,

@@ -66,10 +66,11 @@ def report_sections(text: str, names: list[str] | tuple[str, ...]) -> str:
     wanted = {" ".join(n.lower().split()) for n in names}
     pattern = _heading_pattern(tuple(dict.fromkeys((*REPORT_HEADINGS, *wanted))))
     marks = list(pattern.finditer(text))
-    kept = []
-    for m, nxt in zip(marks, [*marks[1:], None]):
-        if " ".join(m.group(1).lower().split()) in wanted:
-            body = text[m.end():nxt.start() if nxt else len(text)].strip()
-            if body:
-                kept.append(body if body[-1] in ".!?" else body + ".")
-    return " ".join(kept)
+    return join_parts(text[m.end():nxt.start() if nxt else len(text)]
+                      for m, nxt in zip(marks, [*marks[1:], None]) if " ".join(m.group(1).lower().split()) in wanted)
+
+
+def join_parts(parts) -> str:
+    """Report parts as one text, each closed with a full stop so sentence views still see where one ends."""
+    kept = [p.strip() for p in parts if p and p.strip()]
+    return " ".join(p if p[-1] in ".!?" else p + "." for p in kept)
