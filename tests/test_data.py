@@ -137,6 +137,18 @@ def test_folder_in_mimic_layout(tmp_path):
         assert split["a.png"] == split["b.png"]
 
 
+
+def test_class_folders_are_not_studies(tmp_path):
+    """normal/ and pneumonia/ with many images each: split by image, never a whole class in one split."""
+    for cls in ("normal", "pneumonia"):
+        for i in range(30):
+            _png(tmp_path / cls / f"{i}.png")
+    rows = read_rows(tmp_path, text_col=None)
+    assert describe_split(rows, None, None).startswith("by image") and "study" not in rows[0].columns
+    split = split_rows(rows, 0.3, seed=0)
+    assert {r.image.parent.name for r in split["val"]} == {"normal", "pneumonia"}
+
+
 def test_patient_split_keeps_patients_together(covid_csv):
     rows = validate_rows(read_rows(covid_csv, text_col="report")).usable
     s = split_rows(rows, val_fraction=0.2, test_fraction=0.1, patient_col="patientid", seed=3)

@@ -167,6 +167,10 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise ConvirtError(f"{folder}: no pairs.csv / pairs.jsonl and no images inside; see `convirt pretrain --help`")
+    # study folders (MIMIC-CXR, CheXpert: a few views each) group their images in one split; class folders
+    # (normal/, pneumonia/: hundreds each) must not, or a whole class would land in validation
+    folders = {p.parent for p in images if p.parent != folder}
+    studies = len(folders) > 1 and len(images) <= 10 * len(folders)
     rows = []
     for p in images:
         text = ""
@@ -175,7 +179,7 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
             txt = next((t for t in near if t.is_file()), None)
             text = txt.read_text(encoding="utf-8", errors="replace") if txt else ""
         columns = _file_columns(p)
-        if p.parent != folder:  # images of one study folder stay in one split (when no patient id says more)
+        if studies and p.parent != folder:  # one study's images stay in one split (when no patient id says more)
             columns.setdefault("study", str(p.parent.relative_to(folder)))
         rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=columns))
     return rows
