@@ -68,9 +68,9 @@ def test_text_column_may_name_report_files(tmp_path):
     (tmp_path / "pairs.csv").write_text("image,text\na.png,reports/p10/s1.txt\nb.png,reports/p10/s2.txt\n"
                                         "c.png,Heart size normal. Compared with prior.txt\n")
     rows = read_rows(tmp_path)
-    assert rows[0].text.startswith("FINDINGS: Small left effusion.") and rows[0].text_file.name == "s1.txt"
-    assert rows[1].text == "" and rows[1].text_file == (tmp_path / "reports" / "p10" / "s2.txt").resolve()
-    assert rows[2].text.startswith("Heart size normal.") and rows[2].text_file is None  # prose that ends in .txt: text
+    assert rows[0].text.startswith("FINDINGS: Small left effusion.") and rows[0].text_problem is None
+    assert rows[1].text == "" and rows[1].text_problem == "missing report file"
+    assert rows[2].text.startswith("Heart size normal.") and rows[2].text_problem is None  # prose ending in .txt
     v = validate_rows(rows)
     assert [r.image.name for r in v.usable] == ["a.png", "c.png"]
     assert dict(v.reasons()) == {"missing report file": 1}

@@ -25,7 +25,6 @@ class Row:
     text: str
     source: str  # "file:row" for messages
     columns: dict[str, str] = field(default_factory=dict)
-    text_file: Path | None = None  # where the text came from when the table names a report file (MIMIC-CXR's layout)
     text_problem: str | None = None  # why the text is unusable, found while reading (a skip reason)
 
 
@@ -104,8 +103,10 @@ def read_rows(data: str | Path, image_col: str = "image", text_col: str | None =
     if not data.exists():
         raise ConvirtError(f"{data}: no such file or folder")
     table = find_table(data)
-    rows = _read_folder(data, text_col is not None) if table is None else _read_table_rows(table, image_col, text_col,
-                                                                                            encoding)
+    if table is None:
+        rows = _read_folder(data, text_col is not None)
+    else:
+        rows = _read_table_rows(table, image_col, text_col, encoding)
     if sections and text_col is not None:
         for row in rows:
             if row.text.strip() and row.text_problem is None:
@@ -130,11 +131,9 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     rows = []
     for i, r in enumerate(records, start=start):
         cell = (r.get(text_col) or "") if len(text_cols) == 1 else join_parts(r.get(c) for c in text_cols)
-        text, text_file = _text(cell if text_col else "", base)
-        missing = text_file is not None and not text_file.is_file()
+        text, problem = _text(cell if text_col else "", base)
         rows.append(Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
-                        text=text, source=f"{table.name}:{i}", columns=r, text_file=text_file,
-                        text_problem="missing report file" if missing else None))
+                        text=text, source=f"{table.name}:{i}", columns=r, text_problem=problem))
     return rows
 
 
@@ -149,18 +148,17 @@ def image_base(table: Path, names: list[str]) -> Path:
     return table.parent
 
 
-def _text(value: str, base: Path) -> tuple[str, Path | None]:
-    """A text cell, or the report file it names (a path ending in .txt, relative to the table like images):
-    archives such as MIMIC-CXR keep one report file per study. A named file that is missing gives no text; the
-    row is then skipped as 'missing report file' (unless the cell has spaces: then it is prose that ends in .txt)."""
+def _text(value: str, base: Path) -> tuple[str, str | None]:
+    """(text, skip reason) of a cell: the cell, or the report file it names (a path ending in .txt, relative to the
+    table like images): archives such as MIMIC-CXR keep one report file per study. A named file that is missing
+    is 'missing report file', unless the cell has spaces: then it is prose that happens to end in .txt."""
     name = value.strip()
     if not name.lower().endswith(".txt") or "\n" in name or len(name) > 1024:
         return value, None
-    path = (base / name).resolve()
     try:
-        return path.read_text(encoding="utf-8", errors="replace"), path
+        return (base / name).read_text(encoding="utf-8", errors="replace"), None
     except OSError:
-        return ("", path) if not any(c.isspace() for c in name) else (value, None)
+        return ("", "missing report file") if not any(c.isspace() for c in name) else (value, None)
 
 
 def _read_folder(folder: Path, with_text: bool) -> list[Row]:
