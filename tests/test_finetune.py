@@ -70,6 +70,9 @@ def test_parse_labels_for_each_task():
 
     cols = parse_labels(_rows(a=["1", "0", "-1", ""], b=["0", "1", "1", "1.0"]), ["a", "b"], missing=["-1"])
     np.testing.assert_array_equal(cols.y, [[1, 0], [0, 1], [np.nan, 1], [np.nan, 1]])
+    chexpert = parse_labels(_rows(a=["1.0", "0.0", "-1.0", ""], b=["0.0", "-1.0", "1.0", "1.0"]), ["a", "b"],
+                            missing=["-1"])  # CheXpert writes floats: --missing -1 still names its -1.0
+    np.testing.assert_array_equal(chexpert.y, [[1, 0], [0, np.nan], [np.nan, 1], [np.nan, 1]])
 
     reg = parse_labels(_rows(age=["61", "", "7.5"]), ["age"], task="regression")
     np.testing.assert_array_equal(reg.y, [61, np.nan, 7.5])

@@ -57,6 +57,14 @@ def _check_columns(rows: list[Row], columns: list[str]) -> None:
             raise ConvirtError(f"no label column '{col}' (columns: {found}); pass --label/--labels with one of them")
 
 
+def _number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _sort_names(values: set[str]) -> list[str]:
     """Numeric class names in numeric order (so '2' < '10'), otherwise alphabetical."""
     try:
@@ -72,9 +80,11 @@ def parse_labels(rows: list[Row], columns: list[str], task: str = "auto",
         raise ConvirtError("no label given: pass --label COL (one column) or --labels A,B (several 0/1 columns)")
     _check_columns(rows, columns)
     miss = MISSING | {m.strip().lower() for m in missing}
+    miss_numbers = {x for x in map(_number, miss) if x is not None}  # --missing -1 also means CheXpert's -1.0
 
     def is_missing(v: str) -> bool:
-        return v.strip().lower() in miss
+        v = v.strip().lower()
+        return v in miss or (bool(miss_numbers) and _number(v) in miss_numbers)
 
     def binary(col: str) -> bool:
         return all(is_missing(v) or v.strip().lower() in TRUE | FALSE for v in (r.columns[col] for r in rows))
