@@ -300,3 +300,20 @@ def test_header_checks_overlap_only_on_slow_storage(monkeypatch):
         monkeypatch.setattr(V, "check_row", lambda r, n, w=wait: check(r, n, w))
         assert V.check_rows(rows, True, threads=4, probe=8) == list(range(10, 50))
         assert (set(seen) != {threading.get_ident()}) == threaded
+
+
+def test_where_keeps_rows_by_column_and_counts_the_rest(tmp_path):
+    """--where view=PA,AP: frontal views only (any case); the others are counted by value, and --strict fails only
+    on a bad row, never on one --where left out."""
+    for name in ("a.png", "b.png", "c.png"):
+        _png(tmp_path / name)
+    (tmp_path / "p.csv").write_text("image,text,view\na.png,t,PA\nb.png,t,LATERAL\nc.png,t,ap\nd.png,t,PA\n")
+    rows = read_rows(tmp_path / "p.csv")
+    v = validate_rows(rows, where=["view=PA,AP"])
+    assert [r.image.name for r in v.usable] == ["a.png", "c.png"]
+    assert dict(v.reasons()) == {"--where view: LATERAL": 1, "missing image file": 1}
+    with pytest.raises(ConvirtError, match=r"p.csv:5: missing image file \(d.png\); 1 bad rows"):
+        validate_rows(rows, strict=True, where=["view=PA,AP"])
+    assert len(validate_rows(rows[:3], strict=True, where=["view=PA,AP"]).usable) == 2
+    with pytest.raises(ConvirtError, match=r"no column 'sex' for --where \(columns: image, text, view\)"):
+        validate_rows(rows, where=["sex=F"])

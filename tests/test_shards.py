@@ -85,6 +85,11 @@ def test_shards_keep_the_report_sections_asked_for(tmp_path):
     meta = json.loads((tmp_path / "s" / "shards.json").read_text())
     assert meta["sections"] == ["impression"] and meta["skipped"] == {"no impression section": 164}
     texts = [v.decode() for k, v in _members(tmp_path / "s").items() if k.endswith(".txt")]
+    r = runner.invoke(app, ["shard", str(EXAMPLES), "--out", str(tmp_path / "f"), "--where", "sex=F", "--max-side",
+                            "32"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    skipped = json.loads((tmp_path / "f" / "shards.json").read_text())["skipped"]
+    assert list(skipped) == ["--where sex: M"] and 0 < skipped["--where sex: M"] < 600
     assert texts and all("impression" not in t.lower() and t.endswith(".") for t in texts), texts[:3]
 
 

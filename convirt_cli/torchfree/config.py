@@ -37,6 +37,16 @@ def check_sections(value: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def check_where(value: Any) -> Any:
+    """--where COL=V1,V2 (repeatable; CONVIRT_WHERE / convirt.toml may join several with ';')."""
+    items = [v for s in ([value] if isinstance(value, str) else value) for v in str(s).split(";") if v.strip()]
+    for item in items:
+        col, _, values = item.partition("=")
+        if not col.strip() or not [v for v in values.split(",") if v.strip()]:
+            raise ValueError(f"{item!r} is not COLUMN=VALUE[,VALUE...] (e.g. view=PA,AP)")
+    return items
+
+
 def check_window(value: str) -> str:
     from convirt_cli.torchfree.window import parse_window
 
@@ -86,10 +96,12 @@ class DataSettings(Config):
     val_fraction: Fraction = 0.1
     encoding: str = "auto"  # of CSV/JSONL tables: auto = UTF-8 (BOM-aware), UTF-16 by BOM, else cp1252
     strict: bool = False
+    where: list[str] = []  # COL=V1,V2: keep rows whose COL is one of the values (frontal views: view=PA,AP)
     num_workers: NonNegative = 0
     device: Device = "auto"
     seed: NonNegative = 0
     runs_dir: Path = Path("runs")
+    _where = field_validator("where", mode="before")(classmethod(lambda cls, v: check_where(v)))
 
 
 class PretrainConfig(DataSettings):

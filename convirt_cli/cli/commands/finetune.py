@@ -113,6 +113,7 @@ def finetune(
     val_fraction: o.ValFraction = None,
     test_fraction: Annotated[float | None, typer.Option(help="Fraction of patients held out for test (without --split-col).")] = None,
     strict: o.Strict = None,
+    where: o.Where = None,
     encoding: o.Encoding = None,
     runs_dir: o.RunsDir = None,
 ) -> None:

@@ -26,6 +26,7 @@ def shard(
     val_fraction: o.ValFraction = None,
     encoding: o.Encoding = None,
     strict: o.Strict = None,
+    where: o.Where = None,
     seed: o.Seed = None,
 ) -> None:
     """Write DATA as WebDataset shards: unreadable images skipped and counted as pretrain counts them, the
@@ -43,7 +44,7 @@ def shard(
     cfg = resolve(ShardConfig, **flags)
     text_col = None if no_text else cfg.text_col
     rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections)
-    checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict)
+    checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict, where=cfg.where)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     n = sum(len(v) for v in splits.values())
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:

@@ -137,7 +137,7 @@ def prepare_data(cfg: FinetuneConfig) -> tuple[list[Row], Labels, dict[str, np.n
     """Read, label, validate and split rows. Returns usable rows, their labels, split -> indices, summary."""
     rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding)
     labels = parse_labels(rows, cfg.labels, cfg.task, cfg.missing)  # bad columns fail before any decoding
-    checked = validate_rows(rows, need_text=False, strict=cfg.strict)
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where)
     skipped: list[tuple[str, str]] = [(r.source, reason) for r, reason in checked.skipped]
     keep = {id(r) for r in checked.usable}
     idx = [i for i, r in enumerate(rows) if id(r) in keep]
@@ -476,7 +476,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     if rows and cfg.mask_col not in rows[0].columns:
         raise ConvirtError(f"{cfg.data}: no column '{cfg.mask_col}' (columns: {', '.join(rows[0].columns)}); "
                            "pass --mask-col NAME")
-    checked = validate_rows(rows, need_text=False, strict=cfg.strict)
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where)
     rows = checked.usable
     skipped = [(r.source, reason) for r, reason in checked.skipped]
     specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]

@@ -182,7 +182,7 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
     """(train rows, validation rows, the smallest image's shorter side, what was read / skipped / split for
     summary.json)."""
     rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections)
-    checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict))
+    checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict, where=cfg.where))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
     rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text})

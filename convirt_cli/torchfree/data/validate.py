@@ -64,17 +64,51 @@ def check_rows(rows: list[Row], need_text: bool, threads: int = 16, probe: int =
         return out + list(pool.map(lambda r: check_row(r, need_text), rest, chunksize=16))
 
 
-def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False) -> Validation:
+def parse_where(items: list[str] | tuple[str, ...]) -> dict[str, set[str]]:
+    """['view=PA,AP'] -> {'view': {'pa', 'ap'}} (values compared without case)."""
+    out: dict[str, set[str]] = {}
+    for item in items:
+        col, _, values = item.partition("=")
+        out.setdefault(col.strip(), set()).update(v.strip().lower() for v in values.split(",") if v.strip())
+    return out
+
+
+def excluded(row: Row, where: dict[str, set[str]]) -> str | None:
+    """Why --where leaves a row out ('--where view: LATERAL'), or None to keep it."""
+    for col, values in where.items():
+        if col not in row.columns:
+            raise ConvirtError(f"{row.source}: no column '{col}' for --where (columns: {', '.join(row.columns)})")
+        value = row.columns[col].strip()
+        if value.lower() not in values:
+            return f"--where {col}: {value or 'blank'}"
+    return None
+
+
+def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
+                  where: list[str] | tuple[str, ...] = ()) -> Validation:
+    """Usable rows, and the others counted by reason: left out by --where (not an error, even with --strict),
+    or unusable (missing or unreadable image, empty text...)."""
     v = Validation(found=len(rows), usable=[])
+    conditions = parse_where(where)
+    if conditions:
+        kept = []
+        for row in rows:
+            reason = excluded(row, conditions)
+            if reason is None:
+                kept.append(row)
+            else:
+                v.skipped.append((row, reason))
+        rows = kept
+    left_out = len(v.skipped)
     for row, reason in zip(rows, check_rows(rows, need_text)):
         if isinstance(reason, int):
             v.usable.append(row)
             v.min_side = reason if v.min_side is None else min(v.min_side, reason)
         else:
             v.skipped.append((row, reason))
-    if strict and v.skipped:
-        row, reason = v.skipped[0]
-        raise ConvirtError(f"{row.source}: {reason} ({row.image.name}); {len(v.skipped)} bad rows in all "
+    if strict and len(v.skipped) > left_out:
+        row, reason = v.skipped[left_out]
+        raise ConvirtError(f"{row.source}: {reason} ({row.image.name}); {len(v.skipped) - left_out} bad rows in all "
                            "(drop --strict to skip them)")
     if not v.usable:
         hint = ""
