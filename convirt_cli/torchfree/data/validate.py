@@ -74,11 +74,9 @@ def parse_where(items: list[str] | tuple[str, ...]) -> dict[str, set[str]]:
 
 
 def excluded(row: Row, where: dict[str, set[str]]) -> str | None:
-    """Why --where leaves a row out ('--where view: LATERAL'), or None to keep it."""
+    """Why --where leaves a row out ('--where view: LATERAL'; a DICOM without the tag: 'blank'), or None."""
     for col, values in where.items():
-        if col not in row.columns:
-            raise ConvirtError(f"{row.source}: no column '{col}' for --where (columns: {', '.join(row.columns)})")
-        value = row.columns[col].strip()
+        value = row.columns.get(col, "").strip()
         if value.lower() not in values:
             return f"--where {col}: {value or 'blank'}"
     return None
@@ -90,6 +88,10 @@ def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
     or unusable (missing or unreadable image, empty text...)."""
     v = Validation(found=len(rows), usable=[])
     conditions = parse_where(where)
+    for col in conditions:
+        if rows and not any(col in r.columns for r in rows):
+            raise ConvirtError(f"{rows[0].source}: no column '{col}' for --where (columns: "
+                               f"{', '.join(rows[0].columns)})")
     if conditions:
         kept = []
         for row in rows:
