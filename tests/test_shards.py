@@ -88,8 +88,11 @@ def test_shards_keep_the_report_sections_asked_for(tmp_path):
     r = runner.invoke(app, ["shard", str(EXAMPLES), "--out", str(tmp_path / "f"), "--where", "sex=F", "--max-side",
                             "32"])
     assert r.exit_code == 0, r.output + repr(r.exception)
-    skipped = json.loads((tmp_path / "f" / "shards.json").read_text())["skipped"]
-    assert list(skipped) == ["--where sex: M"] and 0 < skipped["--where sex: M"] < 600
+    meta = json.loads((tmp_path / "f" / "shards.json").read_text())
+    assert meta["where"] == ["sex=F"] and list(meta["skipped"]) == ["--where sex: M"]
+    assert 0 < meta["skipped"]["--where sex: M"] < 600
+    r = runner.invoke(app, ["pretrain", str(tmp_path / "f"), "--where", "sex=M"])
+    assert isinstance(r.exception, ConvirtError) and "(--where sex=F); pass --where to `convirt shard`" in str(r.exception)
     assert texts and all("impression" not in t.lower() and t.endswith(".") for t in texts), texts[:3]
 
 

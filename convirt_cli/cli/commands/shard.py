@@ -50,7 +50,7 @@ def shard(
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
                             cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped,
-                            workers=cfg.workers, sections=cfg.sections if text_col else ())
+                            workers=cfg.workers, sections=cfg.sections if text_col else (), where=cfg.where)
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

@@ -154,11 +154,12 @@ def prepare_shards(cfg: PretrainConfig, rep: Reporter):
         raise ConvirtError(f"{cfg.data}: how many samples these shards hold is unknown (no shards.json beside them); "
                            "point at the folder `convirt shard` wrote")
     meta = train.meta
-    stored = meta.get("sections", [])
-    if cfg.sections and cfg.sections != stored:
-        raise ConvirtError(f"--sections {','.join(cfg.sections)}: shards store the text chosen when they were written "
-                           f"({'sections ' + ','.join(stored) if stored else 'whole reports'}); pass --sections to "
-                           "`convirt shard` instead")
+    for key, wanted, none in (("sections", cfg.sections, "whole reports"), ("where", cfg.where, "every row")):
+        stored = meta.get(key, [])
+        if wanted and wanted != stored:  # rows and texts were chosen when the shards were written
+            held = f"--{key} {' '.join(stored)}" if stored else none
+            raise ConvirtError(f"--{key} {' '.join(wanted)}: these shards hold what was chosen when they were written "
+                               f"({held}); pass --{key} to `convirt shard` instead")
     rep.note(f"shards: train {len(train)} samples in {len(train.urls)} shards, val {len(val)}; written with "
              f"max side {meta.get('max_side')}, window {meta.get('window')}; {sum(meta.get('skipped', {}).values())} "
              "skipped when written")
