@@ -149,6 +149,22 @@ def test_class_folders_are_not_studies(tmp_path):
     assert {r.image.parent.name for r in split["val"]} == {"normal", "pneumonia"}
 
 
+def test_bare_image_names_are_found_under_the_table_folder(tmp_path):
+    """NIH ChestX-ray14: 'Image Index' holds bare names, the files lie in images_001/images/ ... images_012/images/.
+    A name two files share is never guessed: its row is a missing image."""
+    for folder, name in (("images_001", "00000001_000.png"), ("images_002", "00000002_000.png"),
+                         ("images_001", "twice.png"), ("images_002", "twice.png")):
+        _png(tmp_path / folder / "images" / name)
+    (tmp_path / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels,Patient ID\n00000001_000.png,"
+                                                  "Cardiomegaly|Effusion,1\n00000002_000.png,No Finding,2\n"
+                                                  "twice.png,No Finding,3\n")
+    rows = read_rows(tmp_path / "Data_Entry_2017.csv", image_col="Image Index", text_col=None)
+    assert [r.image.relative_to(tmp_path.resolve()).as_posix() for r in rows[:2]] == [
+        "images_001/images/00000001_000.png", "images_002/images/00000002_000.png"]
+    v = validate_rows(rows, need_text=False)
+    assert len(v.usable) == 2 and dict(v.reasons()) == {"missing image file": 1}
+
+
 def test_patient_split_keeps_patients_together(covid_csv):
     rows = validate_rows(read_rows(covid_csv, text_col="report")).usable
     s = split_rows(rows, val_fraction=0.2, test_fraction=0.1, patient_col="patientid", seed=3)

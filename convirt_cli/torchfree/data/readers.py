@@ -126,26 +126,47 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     for col, flag in ((image_col, "--image-col"), *((c, "--text-col") for c in text_cols)):
         if col is not None and col not in cols:
             raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
-    base = image_base(table, [r.get(image_col) or "" for r in records[:20]]) if image_col else table.parent
+    first = [r.get(image_col) or "" for r in records[:20]] if image_col else []
+    base = image_base(table, first)
+    by_name = images_by_name(table.parent, first) if base is None else None
+    base = base or table.parent
     start = 2 if table.suffix != ".jsonl" else 1  # CSV row 1 is the header
     rows = []
     for i, r in enumerate(records, start=start):
         cell = (r.get(text_col) or "") if len(text_cols) == 1 else join_parts(r.get(c) for c in text_cols)
         text, problem = _text(cell if text_col else "", base)
-        rows.append(Row(image=(base / (r.get(image_col) or "")).resolve() if r.get(image_col) else base,
-                        text=text, source=f"{table.name}:{i}", columns=r, text_problem=problem))
+        name = r.get(image_col) or ""
+        image = by_name.get(name, base / name) if by_name is not None else base / name
+        rows.append(Row(image=image.resolve() if name else base, text=text, source=f"{table.name}:{i}", columns=r,
+                        text_problem=problem))
     return rows
 
 
-def image_base(table: Path, names: list[str]) -> Path:
+def image_base(table: Path, names: list[str]) -> Path | None:
     """The folder image paths are relative to: the table's own, else the nearest of its two parents under which
     most of the first names exist (CheXpert's train.csv names 'CheXpert-v1.0-small/train/...' from the folder
-    above it)."""
+    above it). None: no folder fits."""
     names = [n for n in names if n and not Path(n).is_absolute()]
+    if not names:
+        return table.parent
     for base in (table.parent, table.parent.parent, table.parent.parent.parent):
-        if names and sum((base / n).exists() for n in names) * 2 > len(names):
+        if sum((base / n).exists() for n in names) * 2 > len(names):
             return base
-    return table.parent
+    return None
+
+
+def images_by_name(folder: Path, names: list[str]) -> dict[str, Path] | None:
+    """Bare file names found anywhere under the table's folder: NIH ChestX-ray14's 'Image Index' (00000001_000.png)
+    is spread over images_001/ ... images_012/. A name two files share maps to neither (its row is then a missing
+    image, never a guess). None when the first names are not bare or most are not found."""
+    if not names or any(Path(n).name != n for n in names if n):
+        return None
+    found: dict[str, Path | None] = {}
+    for p in folder.rglob("*"):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            found[p.name] = None if p.name in found else p
+    index = {k: v for k, v in found.items() if v is not None}
+    return index if sum(n in index for n in names if n) * 2 > len([n for n in names if n]) else None
 
 
 def _text(value: str, base: Path) -> tuple[str, str | None]:
