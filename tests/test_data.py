@@ -163,6 +163,8 @@ def test_bare_image_names_are_found_under_the_table_folder(tmp_path):
         "images_001/images/00000001_000.png", "images_002/images/00000002_000.png"]
     v = validate_rows(rows, need_text=False)
     assert len(v.usable) == 2 and dict(v.reasons()) == {"missing image file": 1}
+    (tmp_path / "vindr.csv").write_text("image_id,class_name\n00000001_000,Aortic enlargement\n")  # ids name stems
+    assert read_rows(tmp_path / "vindr.csv", image_col="image_id", text_col=None)[0].image.name == "00000001_000.png"
 
 
 def test_patient_split_keeps_patients_together(covid_csv):

@@ -157,14 +157,17 @@ def image_base(table: Path, names: list[str]) -> Path | None:
 
 def images_by_name(folder: Path, names: list[str]) -> dict[str, Path] | None:
     """Bare file names found anywhere under the table's folder: NIH ChestX-ray14's 'Image Index' (00000001_000.png)
-    is spread over images_001/ ... images_012/. A name two files share maps to neither (its row is then a missing
-    image, never a guess). None when the first names are not bare or most are not found."""
+    is spread over images_001/ ... images_012/; ids without an extension match a file's stem (VinDr-CXR's image_id
+    names train/<id>.dicom, RSNA Pneumonia's patientId <id>.dcm). A name two files share maps to neither (its row
+    is then a missing image, never a guess). None when the first names are not bare or most are not found."""
     if not names or any(Path(n).name != n for n in names if n):
         return None
+    stems = not any(Path(n).suffix.lower() in IMAGE_SUFFIXES for n in names if n)
     found: dict[str, Path | None] = {}
     for p in folder.rglob("*"):
         if p.suffix.lower() in IMAGE_SUFFIXES:
-            found[p.name] = None if p.name in found else p
+            key = p.stem if stems else p.name
+            found[key] = None if key in found else p
     index = {k: v for k, v in found.items() if v is not None}
     return index if sum(n in index for n in names if n) * 2 > len([n for n in names if n]) else None
 
