@@ -17,6 +17,7 @@ from convirt_cli.torchfree.errors import ConvirtError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
+MAX_SCAN = 2_000_000  # paths looked at to find bare image names (MIMIC-CXR-JPG has ~0.4 M files)
 
 
 @dataclass
@@ -164,7 +165,9 @@ def images_by_name(folder: Path, names: list[str]) -> dict[str, Path] | None:
         return None
     stems = not any(Path(n).suffix.lower() in IMAGE_SUFFIXES for n in names if n)
     found: dict[str, Path | None] = {}
-    for p in folder.rglob("*"):
+    for n, p in enumerate(folder.rglob("*")):
+        if n >= MAX_SCAN:  # a table of wrong names in a home folder must not walk the whole disk
+            return None
         if p.suffix.lower() in IMAGE_SUFFIXES:
             key = p.stem if stems else p.name
             found[key] = None if key in found else p
