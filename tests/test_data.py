@@ -149,6 +149,15 @@ def test_class_folders_are_not_studies(tmp_path):
     assert {r.image.parent.name for r in split["val"]} == {"normal", "pneumonia"}
 
 
+def test_windows_separators_in_path_cells(tmp_path):
+    _png(tmp_path / "images" / "a.png")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "s1.txt").write_text("Clear lungs.")
+    (tmp_path / "p.csv").write_text("image,text\nimages\\a.png,reports\\s1.txt\n")
+    (row,) = read_rows(tmp_path / "p.csv")
+    assert row.image == (tmp_path / "images" / "a.png").resolve() and row.text == "Clear lungs."
+
+
 def test_bare_image_names_are_found_under_the_table_folder(tmp_path):
     """NIH ChestX-ray14: 'Image Index' holds bare names, the files lie in images_001/images/ ... images_012/images/.
     A name two files share is never guessed: its row is a missing image."""

@@ -17,6 +17,7 @@ from convirt_cli.torchfree.errors import ConvirtError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
+SLASHED_SUFFIXES = (*IMAGE_SUFFIXES, ".txt")  # cells that are paths (a report's prose may hold a backslash)
 MAX_SCAN = 2_000_000  # paths looked at to find bare image names (MIMIC-CXR-JPG has ~0.4 M files)
 
 
@@ -127,6 +128,10 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     for col, flag in ((image_col, "--image-col"), *((c, "--text-col") for c in text_cols)):
         if col is not None and col not in cols:
             raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
+    for r in records:  # tables written on Windows name images\\0001.png
+        for col in (image_col, *text_cols):
+            if col and "\\" in (r.get(col) or "") and r[col].strip().lower().endswith(SLASHED_SUFFIXES):
+                r[col] = r[col].replace("\\", "/")
     first = [r.get(image_col) or "" for r in records[:20]] if image_col else []
     base = image_base(table, first)
     by_name = images_by_name(table.parent, first) if base is None else None
