@@ -89,6 +89,12 @@ def test_bad_labels_name_the_column_and_rows():
     train = parse_labels(_rows(c=["a", "a", "b"]), ["c"])
     with pytest.raises(ConvirtError, match="label column 'c': class.*'b' have no examples.*t.csv:2"):
         check_train_classes(train.subset(np.array([0, 1])), _rows(c=["a", "a"]))
+    cols = parse_labels(_rows(Pneumonia=["0", "0"], Effusion=["1", "0"]), ["Pneumonia", "Effusion"])
+    with pytest.raises(ConvirtError, match=r"^label column 'Pneumonia' has no positive example .*t.csv:2"):
+        check_train_classes(cols, _rows(Pneumonia=["0", "0"], Effusion=["1", "0"]))
+    names = parse_labels(_rows(labels=["a|b", "a"]), ["labels"], task="multilabel")
+    with pytest.raises(ConvirtError, match=r"^label 'a' \(column 'labels'\) has no negative example"):
+        check_train_classes(names, _rows(labels=["a|b", "a"]))
 
 
 def test_label_fractions_are_stratified_nested_and_fixed_by_seed():

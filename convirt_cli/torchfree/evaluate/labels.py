@@ -174,9 +174,11 @@ def check_train_classes(labels: Labels, rows: list[Row]) -> None:
         return
     for k, name in enumerate(labels.names):
         yk = labels.y[:, k]
+        # 0/1 columns: the label is its column; names in one column (`a|b`): say which column holds them
+        what_label = f"label column '{name}'" if name in labels.columns else f"label '{name}' (column '{col}')"
         for value, what in ((1.0, "positive"), (0.0, "negative")):
             if not np.any(yk == value):
-                raise ConvirtError(f"label '{name}' (column '{col}') has no {what} example in the training split "
+                raise ConvirtError(f"{what_label} has no {what} example in the training split "
                                    f"({len(rows)} rows: {_rows_msg([r.source for r in rows])})")
 
 
