@@ -29,7 +29,8 @@ class RichReporter:
         reasons = ", ".join(f"{n} {r}" for r, n in s["skip_reasons"].items()) or "none"
         sp = s["splits"]
         self.console.print(f"[bold]rows[/] found {s['found']}, usable {s['usable']}, skipped {s['skipped']} "
-                           f"({reasons}); split train {sp['train']} / val {sp['val']} / test {sp['test']}")
+                           f"({reasons}); split {s.get('split_by', '')}: train {sp['train']} / val {sp['val']} / "
+                           f"test {sp['test']}")
         for source, reason in s["skipped_examples"]:
             self.console.print(f"  [yellow]skip[/] {source}: {reason}")
         names = s["labels"]

@@ -39,7 +39,7 @@ from convirt_cli.torch.train.device import autocast, pick_device
 from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
 from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, read_rows
-from convirt_cli.torchfree.data.split import split_rows
+from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.labels import Labels, check_train_classes, parse_labels, sample_fraction
@@ -155,7 +155,8 @@ def prepare_data(cfg: FinetuneConfig) -> tuple[list[Row], Labels, dict[str, np.n
     summary = {"found": checked.found, "usable": len(rows), "skipped": len(skipped),
                "skip_reasons": _count(reason for _, reason in skipped), "skipped_examples": skipped[:5],
                "splits": {k: len(v) for k, v in splits.items()}, "task": labels.task,
-               "labels": labels.names, "columns": labels.columns}
+               "labels": labels.names, "columns": labels.columns,
+               "split_by": describe_split(rows, cfg.split_col, cfg.patient_col)}
     return rows, labels, splits, summary
 
 
@@ -500,6 +501,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     summary = {"found": checked.found, "usable": len(rows), "skipped": len(skipped),
                "skip_reasons": _count(reason for _, reason in skipped), "skipped_examples": skipped[:5],
                "splits": {k: len(v) for k, v in splits.items()}, "task": "segmentation",
+               "split_by": describe_split(rows, cfg.split_col, cfg.patient_col),
                "labels": [cfg.mask_col], "columns": [cfg.mask_col]}
     rep.data_summary(summary)
     train_idx, val_idx, test_idx = splits["train"], splits["val"], splits["test"]
