@@ -145,7 +145,21 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
         image = by_name.get(name, base / name) if by_name is not None else base / name
         rows.append(Row(image=image.resolve() if name else base, text=text, source=f"{table.name}:{i}", columns=r,
                         text_problem=problem))
+    _group_studies(rows, base)
     return rows
+
+
+def _group_studies(rows: list[Row], root: Path) -> None:
+    """Give rows a `study` column (their folder under root) when the images sit in study folders: many folders of a
+    few views each (MIMIC-CXR's s123/, CheXpert's patient1/study1/). Without a patient id the split then keeps a
+    study's views together. Class folders (normal/, pneumonia/: hundreds each) are no studies and get none."""
+    root = root.resolve()
+    folders = {r.image.parent for r in rows if r.image.parent != root}
+    if len(folders) < 2 or len(rows) > 10 * len(folders):
+        return
+    for r in rows:
+        if r.image.parent != root and r.image.parent.is_relative_to(root):
+            r.columns.setdefault("study", str(r.image.parent.relative_to(root)))
 
 
 def image_base(table: Path, names: list[str]) -> Path | None:
@@ -197,10 +211,6 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise ConvirtError(f"{folder}: no pairs.csv / pairs.jsonl and no images inside; see `convirt pretrain --help`")
-    # study folders (MIMIC-CXR, CheXpert: a few views each) group their images in one split; class folders
-    # (normal/, pneumonia/: hundreds each) must not, or a whole class would land in validation
-    folders = {p.parent for p in images if p.parent != folder}
-    studies = len(folders) > 1 and len(images) <= 10 * len(folders)
     rows = []
     for p in images:
         text = ""
@@ -208,10 +218,8 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
             near = [p.with_suffix(".txt")] + ([p.parent.with_suffix(".txt")] if p.parent != folder else [])
             txt = next((t for t in near if t.is_file()), None)
             text = txt.read_text(encoding="utf-8", errors="replace") if txt else ""
-        columns = _file_columns(p)
-        if studies and p.parent != folder:  # one study's images stay in one split (when no patient id says more)
-            columns.setdefault("study", str(p.parent.relative_to(folder)))
-        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=columns))
+        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=_file_columns(p)))
+    _group_studies(rows, folder)
     return rows
 
 
