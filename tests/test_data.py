@@ -149,19 +149,23 @@ def test_class_folders_are_not_studies(tmp_path):
     assert {r.image.parent.name for r in split["val"]} == {"normal", "pneumonia"}
 
 
-def test_a_table_of_study_folders_splits_by_study(tmp_path):
-    """CheXpert's table has no patient column, but its images sit in patientN/studyM/ folders: a study's frontal and
-    lateral views never straddle train and validation."""
-    names = [f"train/patient{p}/study1/view{v}.png" for p in range(20) for v in (1, 2)]
+def test_a_table_of_study_folders_splits_by_patient_folder(tmp_path):
+    """CheXpert's table has no patient column, but its images sit in patientN/studyM/ folders: a patient's studies
+    (frontal and lateral views) never straddle train and validation. Study folders directly under the root (one
+    patient folder above them, or none) group by study."""
+    names = [f"train/patient{p}/study{s}/view{v}.png" for p in range(20) for s in (1, 2) for v in (1, 2)]
     for n in names:
         _png(tmp_path / n)
     (tmp_path / "train.csv").write_text("Path,text\n" + "".join(f"{n},t\n" for n in names))
     rows = read_rows(tmp_path / "train.csv", image_col="Path")
-    assert describe_split(rows, None, None) == "by study ('study')"
-    where = {r.image.name + r.columns["study"]: k for k, v in split_rows(rows, 0.3, seed=0).items() for r in v}
-    assert all(where[f"view1.pngtrain/patient{p}/study1"] == where[f"view2.pngtrain/patient{p}/study1"]
-               for p in range(20))
-    assert len(set(where.values())) == 2  # both splits used
+    assert describe_split(rows, None, None) == "by patient folder ('patient_folder')"
+    split = {r.image.relative_to(tmp_path.resolve()).as_posix(): k for k, v in split_rows(rows, 0.3, seed=0).items()
+             for r in v}
+    for p in range(20):
+        assert len({split[f"train/patient{p}/study{s}/view{v}.png"] for s in (1, 2) for v in (1, 2)}) == 1
+    assert len(set(split.values())) == 2  # both splits used
+    (tmp_path / "one.csv").write_text("Path,text\n" + "".join(f"{n},t\n" for n in names[:4]))  # one patient
+    assert describe_split(read_rows(tmp_path / "one.csv", image_col="Path"), None, None) == "by study ('study')"
 
 
 def test_windows_separators_in_path_cells(tmp_path):

@@ -151,15 +151,20 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
 
 def _group_studies(rows: list[Row], root: Path) -> None:
     """Give rows a `study` column (their folder under root) when the images sit in study folders: many folders of a
-    few views each (MIMIC-CXR's s123/, CheXpert's patient1/study1/). Without a patient id the split then keeps a
-    study's views together. Class folders (normal/, pneumonia/: hundreds each) are no studies and get none."""
+    few views each (MIMIC-CXR's s123/, CheXpert's patient1/study1/). Where those folders sit in small parent folders
+    too (a patient's studies: MIMIC's p10000032/, CheXpert's patient1/), the column is `patient_folder`, the parent.
+    Without a patient id the split then keeps a study's (or patient's) images together. Class folders (normal/,
+    pneumonia/: hundreds each) are no studies and get none."""
     root = root.resolve()
-    folders = {r.image.parent for r in rows if r.image.parent != root}
-    if len(folders) < 2 or len(rows) > 10 * len(folders):
+    inside = [r for r in rows if r.image.parent != root and r.image.parent.is_relative_to(root)]
+    studies = {r.image.parent for r in inside}
+    if len(studies) < 2 or len(rows) > 10 * len(studies):
         return
-    for r in rows:
-        if r.image.parent != root and r.image.parent.is_relative_to(root):
-            r.columns.setdefault("study", str(r.image.parent.relative_to(root)))
+    parents = {s.parent for s in studies if s.parent != root}
+    by_patient = len(parents) >= 2 and all(s.parent != root for s in studies) and len(inside) <= 50 * len(parents)
+    for r in inside:
+        folder = r.image.parent.parent if by_patient else r.image.parent
+        r.columns.setdefault("patient_folder" if by_patient else "study", str(folder.relative_to(root)))
 
 
 def image_base(table: Path, names: list[str]) -> Path | None:

@@ -15,7 +15,8 @@ SPLIT_NAMES = {
 # patient id columns, compared without case, spaces or underscores: patient_id, PatientID, "Patient ID" (NIH
 # ChestX-ray14), subject_id (MIMIC-CXR), MRN
 PATIENT_COLS = ("patientid", "patient", "subjectid", "subject", "mrn")
-GROUP_COLS = ("studyid", "study")  # without a patient id: one study's images (and report) stay in one split
+# without a patient id: a patient's folder (readers._group_studies), else one study's images, stay in one split
+GROUP_COLS = ("patientfolder", "studyid", "study")
 
 
 def _unit(key: str, seed: int) -> float:
@@ -49,7 +50,8 @@ def describe_split(rows: list[Row], split_col: str | None, patient_col: str | No
     if split_col:
         return f"by column '{split_col}'"
     if patient_col:
-        return f"by {'study' if _plain(patient_col) in GROUP_COLS else 'patient'} ('{patient_col}')"
+        kind = {"patientfolder": "patient folder", "studyid": "study", "study": "study"}.get(_plain(patient_col), "patient")
+        return f"by {kind} ('{patient_col}')"
     return "by image (no patient id column; --patient-col)"
 
 
