@@ -107,6 +107,20 @@ def test_text_from_several_columns(tmp_path):
         read_rows(tmp_path / "p.csv", text_col="findings,impresion")
 
 
+def test_evaluate_reads_query_texts_as_pretrain_does(tmp_path):
+    """`evaluate retrieval` uses the query rows' reports as text queries: report files are read, not their paths."""
+    from convirt_cli.cli.commands.evaluate import load_labelled
+
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    (tmp_path / "s1.txt").write_text("Small left effusion.")
+    (tmp_path / "p.csv").write_text("image,report,finding\na.png,s1.txt,effusion\nb.png,Clear.,normal\n")
+    paths, labels, texts = load_labelled(tmp_path / "p.csv", "image", "finding", [""], "report")
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.png", "b.png"]
+    assert labels == ["effusion", "normal"] and texts == ["Small left effusion.", "Clear."]
+    assert load_labelled(tmp_path / "p.csv", "image", "finding", [""], "nope")[2] is None
+
+
 def test_a_folder_with_one_table_of_any_name_reads_it(tmp_path):
     _png(tmp_path / "a.png")
     _png(tmp_path / "b.png")

@@ -22,12 +22,15 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
     rows = read_rows(data, image_col=image_col, text_col=None)
     if rows and label_col not in rows[0].columns:
         raise ConvirtError(f"{data}: no column '{label_col}' (columns: {', '.join(rows[0].columns)}); pass --label-col")
+    has_text = bool(rows and text_col and (text_col in rows[0].columns or all(
+        c.strip() in rows[0].columns for c in text_col.split(","))))
+    if has_text:  # read as pretrain reads them: report files, joined columns
+        rows = read_rows(data, image_col=image_col, text_col=text_col)
     rows = [r for r in rows if r.columns.get(label_col, "").strip() not in ignore]
     if not rows:
         raise ConvirtError(f"{data}: no rows with a label in '{label_col}'")
-    has_text = text_col is not None and text_col in rows[0].columns
     return ([str(r.image) for r in rows], [r.columns[label_col].strip() for r in rows],
-            [r.columns.get(text_col, "") for r in rows] if has_text else None)
+            [r.text for r in rows] if has_text else None)
 
 
 def load_prompts(path: Path | None) -> dict[str, list[str]] | None:
