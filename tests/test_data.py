@@ -119,6 +119,7 @@ def test_evaluate_reads_query_texts_as_pretrain_does(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.png", "b.png"]
     assert labels == ["effusion", "normal"] and texts == ["Small left effusion.", "Clear."]
     assert load_labelled(tmp_path / "p.csv", "image", "finding", [""], "nope")[2] is None
+    assert load_labelled(tmp_path / "p.csv", "image", "finding", [""], where=["finding=normal"])[1] == ["normal"]
 
 
 def test_a_folder_with_one_table_of_any_name_reads_it(tmp_path):

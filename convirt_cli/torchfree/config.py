@@ -346,10 +346,12 @@ class ZeroShotSettings(ServeSettings):
     label_col: str
     image_col: str = "image"
     ignore_label: list[str] = [""]
+    where: list[str] = []  # COL=V1,V2: evaluate on those rows only (frontal views: view=PA,AP)
     prompts: Path | None = None  # JSON {label: [text, ...]}
     out: Path | None = None  # also write the JSON report here
     format: Literal["table", "json"] = "table"
     seed: NonNegative = 0
+    _where = field_validator("where", mode="before")(classmethod(lambda cls, v: check_where(v)))
 
 
 class EvaluateRetrievalConfig(ZeroShotSettings):

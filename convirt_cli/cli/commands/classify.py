@@ -28,6 +28,7 @@ def classify(
     template: Annotated[str | None, typer.Option(help='Prompt per class, {label} replaced (default "{label}").')] = None,
     prompts: o.Prompts = None,
     ignore_label: o.IgnoreLabel = None,
+    where: o.Where = None,
     image_col: o.ImageCol = None,
     model: o.ServeModel = None,
     backend: o.Backend = None,
@@ -48,7 +49,7 @@ def classify(
     from convirt_cli.torchfree.serve.backends import open_encoder
 
     cfg = resolve(ClassifyConfig, **flags)
-    paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label)
+    paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, where=cfg.where)
     given = load_prompts(cfg.prompts)
     prompt_map = given or {c: [cfg.template.replace("{label}", c)] for c in sorted(set(labels))}
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)

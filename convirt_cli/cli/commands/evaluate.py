@@ -14,9 +14,11 @@ from convirt_cli.cli import options as o
 app = typer.Typer(no_args_is_help=True, help="Zero-shot evaluation of a trained model.")
 
 
-def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str], text_col: str | None = None):
-    """Rows with a label not in `ignore` -> (paths, labels, texts or None)."""
+def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str], text_col: str | None = None,
+                  where: list[str] = ()):
+    """Rows with a label not in `ignore` (and kept by --where) -> (paths, labels, texts or None)."""
     from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.validate import select_rows
     from convirt_cli.torchfree.errors import ConvirtError
 
     rows = read_rows(data, image_col=image_col, text_col=None)
@@ -26,6 +28,7 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
         c.strip() in rows[0].columns for c in text_col.split(","))))
     if has_text:  # read as pretrain reads them: report files, joined columns
         rows = read_rows(data, image_col=image_col, text_col=text_col)
+    rows = select_rows(rows, where)[0]
     rows = [r for r in rows if r.columns.get(label_col, "").strip() not in ignore]
     if not rows:
         raise ConvirtError(f"{data}: no rows with a label in '{label_col}'")
@@ -92,6 +95,7 @@ def retrieval(
     queries_per_class: Annotated[int | None, typer.Option(help="Query images per class (classes need twice as many).")] = None,
     k: Annotated[list[int] | None, typer.Option("-k", "--k", help="Precision@k cut-offs (repeatable; default 5 10 50).")] = None,
     ignore_label: o.IgnoreLabel = None,
+    where: o.Where = None,
     image_col: o.ImageCol = None,
     model: o.ServeModel = None,
     backend: o.Backend = None,
@@ -112,7 +116,8 @@ def retrieval(
     from convirt_cli.torchfree.serve.backends import open_encoder
 
     cfg = resolve(EvaluateRetrievalConfig, **flags)
-    paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col)
+    paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col,
+                                         cfg.where)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:
         report = evaluate_retrieval(encoder, paths, labels, texts, load_prompts(cfg.prompts), cfg.queries_per_class,

@@ -82,25 +82,29 @@ def excluded(row: Row, where: dict[str, set[str]]) -> str | None:
     return None
 
 
-def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
-                  where: list[str] | tuple[str, ...] = ()) -> Validation:
-    """Usable rows, and the others counted by reason: left out by --where (not an error, even with --strict),
-    or unusable (missing or unreadable image, empty text...)."""
-    v = Validation(found=len(rows), usable=[])
+def select_rows(rows: list[Row], where: list[str] | tuple[str, ...]) -> tuple[list[Row], list[tuple[Row, str]]]:
+    """(rows --where keeps, [(row, why it was left out)]); a column no row has is an error."""
     conditions = parse_where(where)
     for col in conditions:
         if rows and not any(col in r.columns for r in rows):
             raise ConvirtError(f"{rows[0].source}: no column '{col}' for --where (columns: "
                                f"{', '.join(rows[0].columns)})")
-    if conditions:
-        kept = []
-        for row in rows:
-            reason = excluded(row, conditions)
-            if reason is None:
-                kept.append(row)
-            else:
-                v.skipped.append((row, reason))
-        rows = kept
+    kept, left = [], []
+    for row in rows:
+        reason = excluded(row, conditions) if conditions else None
+        if reason is None:
+            kept.append(row)
+        else:
+            left.append((row, reason))
+    return kept, left
+
+
+def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
+                  where: list[str] | tuple[str, ...] = ()) -> Validation:
+    """Usable rows, and the others counted by reason: left out by --where (not an error, even with --strict),
+    or unusable (missing or unreadable image, empty text...)."""
+    v = Validation(found=len(rows), usable=[])
+    rows, v.skipped = select_rows(rows, where)
     left_out = len(v.skipped)
     for row, reason in zip(rows, check_rows(rows, need_text)):
         if isinstance(reason, int):
