@@ -28,7 +28,14 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
         c.strip() in rows[0].columns for c in text_col.split(","))))
     if has_text:  # read as pretrain reads them: report files, joined columns
         rows = read_rows(data, image_col=image_col, text_col=text_col)
-    rows = select_rows(rows, where)[0]
+    rows, left = select_rows(rows, where)
+    if left:
+        from collections import Counter
+
+        from convirt_cli.cli.progress import note
+
+        note(f"--where left out {len(left)} rows: " + ", ".join(f"{n} {r.removeprefix('--where ')}"
+                                                             for r, n in Counter(r for _, r in left).items()))
     rows = [r for r in rows if r.columns.get(label_col, "").strip() not in ignore]
     if not rows:
         raise ConvirtError(f"{data}: no rows with a label in '{label_col}'")
