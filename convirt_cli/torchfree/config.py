@@ -28,9 +28,9 @@ def _comma_list(value: Any) -> Any:
     return value
 
 
-def check_sections(value: list[str]) -> list[str]:
+def check_sections(value: Any) -> list[str]:
     """Report section headings as `--sections findings,impression` names them: words, lower-cased."""
-    out = [" ".join(v.lower().split()) for v in value]
+    out = [" ".join(str(v).lower().split()) for v in _comma_list(value)]
     bad = [v for v in out if not v.replace(" ", "").isalpha()]
     if bad:
         raise ValueError(f"{bad[0]!r} is not a report heading (words such as findings, impression)")
@@ -153,8 +153,7 @@ class PretrainConfig(DataSettings):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
     _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
-    _sections_list = field_validator("sections", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
-    _sections = field_validator("sections")(classmethod(lambda cls, v: check_sections(v)))
+    _sections = field_validator("sections", mode="before")(classmethod(lambda cls, v: check_sections(v)))
 
 
 class ShardConfig(DataSettings):
@@ -171,8 +170,7 @@ class ShardConfig(DataSettings):
     window: str = "auto"  # DICOM / high-bit images are stored as windowed 8-bit PNG
     workers: Positive | None = None  # processes decoding and encoding images; None: one per CPU core
     _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
-    _sections_list = field_validator("sections", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
-    _sections = field_validator("sections")(classmethod(lambda cls, v: check_sections(v)))
+    _sections = field_validator("sections", mode="before")(classmethod(lambda cls, v: check_sections(v)))
 
 
 # what a preset's `train` section may set: the recipe, not the data or where things go

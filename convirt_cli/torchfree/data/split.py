@@ -50,7 +50,8 @@ def describe_split(rows: list[Row], split_col: str | None, patient_col: str | No
     if split_col:
         return f"by column '{split_col}'"
     if patient_col:
-        kind = {"patientfolder": "patient folder", "studyid": "study", "study": "study"}.get(_plain(patient_col), "patient")
+        plain = _plain(patient_col)
+        kind = "patient folder" if plain == "patientfolder" else "study" if plain in GROUP_COLS else "patient"
         return f"by {kind} ('{patient_col}')"
     return "by image (no patient id column; --patient-col)"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Iterable
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
 
@@ -70,7 +71,7 @@ def report_sections(text: str, names: list[str] | tuple[str, ...]) -> str:
                       for m, nxt in zip(marks, [*marks[1:], None]) if " ".join(m.group(1).lower().split()) in wanted)
 
 
-def join_parts(parts) -> str:
+def join_parts(parts: Iterable[str | None]) -> str:
     """Report parts as one text, each closed with a full stop so sentence views still see where one ends."""
     kept = [p.strip() for p in parts if p and p.strip()]
     return " ".join(p if p[-1] in ".!?" else p + "." for p in kept)
