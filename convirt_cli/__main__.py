@@ -1,3 +1,4 @@
 from convirt_cli.cli.entry import run
 
-run()
+if __name__ == "__main__":  # worker processes (forkserver, spawn) import this module again, as __mp_main__
+    run()

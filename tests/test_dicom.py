@@ -5,6 +5,7 @@ pydicom from the shared covid-cxr PNGs."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -267,6 +268,72 @@ def test_dicom_metadata_is_allow_listed(dicom_folder):
                     "modality": "DX", "body_part": ""}
     assert set(cols) == set(dicom.ALLOWED_TAGS)
 
+
+
+def test_header_is_columns_and_check_from_one_read(bad_dicoms, dicom_folder):
+    def separately(p):
+        try:
+            cols = dicom.columns(p)
+        except dicom.DicomError:
+            cols = {}
+        try:
+            return cols, dicom.check(p)
+        except dicom.DicomError as e:
+            return cols, str(e)
+
+    files = sorted(bad_dicoms.glob("*.dcm")) + sorted(dicom_folder.rglob("*.dcm"))[:4]
+    got = {p.name: dicom.header(p) for p in files}
+    assert got == {p.name: separately(p) for p in files}
+    assert got["cut.dcm"][1].startswith("truncated DICOM") and got["good.dcm"][1] == 64
+
+
+class CountReads:
+    def __init__(self, monkeypatch):
+        self.n, real = 0, pydicom.dcmread
+
+        def counted(*a, **k):
+            self.n += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(pydicom, "dcmread", counted)
+
+
+def test_a_dicom_folder_reads_each_header_once(dicom_folder, monkeypatch):
+    """A MIMIC-sized folder (377k files) must not read every header twice (metadata, then validation)."""
+    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.validate import validate_rows
+
+    reads, shown = CountReads(monkeypatch), []
+
+    @contextmanager
+    def progress(label, total, unit):
+        shown.append([label, total, 0])
+        yield lambda n: shown[-1].__setitem__(2, shown[-1][2] + n)
+
+    rows = read_rows(dicom_folder, text_col=None, progress=progress)
+    v = validate_rows(rows, need_text=False, progress=progress)
+    assert reads.n == 24 and len(v.usable) == 24 and v.min_side == 96
+    assert shown == [["DICOM headers", 24, 24]]  # one bar, advanced to its end; none for validation
+    reads.n = 0
+    bare = read_rows(dicom_folder, text_col=None, metadata=False)  # embed needs no metadata
+    assert all(set(r.columns) == {"study"} for r in bare) and reads.n == 0
+
+
+def test_dicom_headers_in_worker_processes_equal_one_process(dicom_folder, monkeypatch):
+    from convirt_cli.torchfree.data import headers
+    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.processes import ordered_map
+
+    one = read_rows(dicom_folder, text_col=None)
+    monkeypatch.setattr(headers, "PARALLEL_FROM", 1)
+    advanced = []
+    # chunk 5 over 24 files: 5 chunks across 2 processes, the last one short
+    assert ordered_map(dicom.header, [r.image for r in one], 2, chunk=5, advance=advanced.append) == [
+        ({k: r.columns[k] for k in dicom.ALLOWED_TAGS}, r.image_check) for r in one]
+    assert advanced == [5, 5, 5, 5, 4]
+    two = read_rows(dicom_folder, text_col=None, workers=2)
+    assert [(r.image, r.columns, r.image_check) for r in two] == [(r.image, r.columns, r.image_check) for r in one]
+    assert one[0].columns["patient"] == dicom.patient_hash(f"{SECRETS['pid']}-0") and one[0].image_check == 96
 
 def test_dicom_folder_pretrain_finetune_embed_leak_nothing(dicom_folder, tmp_path):
     runs = tmp_path / "runs"

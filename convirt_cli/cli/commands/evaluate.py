@@ -17,11 +17,13 @@ app = typer.Typer(no_args_is_help=True, help="Zero-shot evaluation of a trained 
 def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str], text_col: str | None = None,
                   where: list[str] = ()):
     """Rows with a label not in `ignore` (and kept by --where) -> (paths, labels, texts or None)."""
+    from convirt_cli.cli.progress import progress_bar
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.validate import select_rows
     from convirt_cli.torchfree.errors import ConvirtError
+    from convirt_cli.torchfree.processes import cpu_workers
 
-    rows = read_rows(data, image_col=image_col, text_col=None)
+    rows = read_rows(data, image_col=image_col, text_col=None, workers=cpu_workers(), progress=progress_bar)
     if rows and label_col not in rows[0].columns:
         raise ConvirtError(f"{data}: no column '{label_col}' (columns: {', '.join(rows[0].columns)}); pass --label-col")
     has_text = bool(rows and text_col and (text_col in rows[0].columns or all(

@@ -25,6 +25,11 @@ class RichReporter:
         self.console = Console(stderr=True)
         self.progress = None
 
+    def reading(self, label, total, unit):
+        from convirt_cli.cli.progress import progress_bar
+
+        return progress_bar(label, total, unit)
+
     def data_summary(self, s):
         reasons = ", ".join(f"{n} {r}" for r, n in s["skip_reasons"].items()) or "none"
         sp = s["splits"]

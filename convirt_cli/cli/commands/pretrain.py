@@ -19,6 +19,11 @@ class RichReporter:
         self.console = Console(stderr=True)
         self.progress = None
 
+    def reading(self, label, total, unit):
+        from convirt_cli.cli.progress import progress_bar
+
+        return progress_bar(label, total, unit)
+
     def data_summary(self, v, splits):
         reasons = ", ".join(f"{n} {r}" for r, n in v.reasons().most_common()) or "none"
         what = "pairs" if splits.get("text", True) else "images"

@@ -40,11 +40,15 @@ def shard(
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.split import describe_split, split_rows
     from convirt_cli.torchfree.data.validate import validate_rows
+    from convirt_cli.torchfree.processes import cpu_workers
 
     cfg = resolve(ShardConfig, **flags)
     text_col = None if no_text else cfg.text_col
-    rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections)
-    checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict, where=cfg.where)
+    workers = cfg.workers or cpu_workers()
+    rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections, workers=workers,
+                     progress=progress_bar)
+    checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict, where=cfg.where,
+                            workers=workers, progress=progress_bar)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     n = sum(len(v) for v in splits.values())
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:

@@ -30,6 +30,7 @@ from convirt_cli.torchfree.data.shard_samples import encoded
 from convirt_cli.torchfree.data.text import text_view
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import write_json
+from convirt_cli.torchfree.processes import cpu_workers
 
 META = "shards.json"
 
@@ -47,11 +48,9 @@ def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_si
     """Write each split's rows as shards under `out`; returns shards.json (written last: a folder without it is
     an unfinished write). `skipped`: rows validation already set aside, counted with those that fail here.
     `workers`: processes decoding and encoding (None: one per CPU core); the shards are the same for any number."""
-    import os
-
     import webdataset as wds
 
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or cpu_workers()
 
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)

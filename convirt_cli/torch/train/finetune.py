@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,11 +47,13 @@ from convirt_cli.torchfree.evaluate.labels import Labels, check_train_classes, p
 from convirt_cli.torchfree.evaluate.metrics import METRICS, PRIMARY, bootstrap_ci, is_better, task_metrics
 from convirt_cli.torchfree.files import atomic_write_text, write_json
 from convirt_cli.torchfree.imageio import load_gray
+from convirt_cli.torchfree.processes import cpu_workers
 from convirt_cli.torchfree.registry import ImageTowerConfig, get_model_config
 from convirt_cli.torchfree.runs import is_run_dir, latest_run
 
 
 class Reporter(Protocol):
+    def reading(self, label: str, total: int, unit: str) -> AbstractContextManager: ...
     def data_summary(self, summary: dict) -> None: ...
     def warn(self, message: str) -> None: ...
     def start(self, total_runs: int) -> None: ...
@@ -61,6 +64,7 @@ class Reporter(Protocol):
 
 
 class NullReporter:
+    def reading(self, label, total, unit): return nullcontext(None)
     def data_summary(self, summary): pass
     def warn(self, message): pass
     def start(self, total_runs): pass
@@ -133,11 +137,12 @@ def decode_images(rows: list[Row], size: int, workers: int = 2, window: str = "a
     return out, sorted(bad)
 
 
-def prepare_data(cfg: FinetuneConfig) -> tuple[list[Row], Labels, dict[str, np.ndarray], dict]:
+def prepare_data(cfg: FinetuneConfig, rep: Reporter) -> tuple[list[Row], Labels, dict[str, np.ndarray], dict]:
     """Read, label, validate and split rows. Returns usable rows, their labels, split -> indices, summary."""
-    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding)
+    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading)
     labels = parse_labels(rows, cfg.labels, cfg.task, cfg.missing)  # bad columns fail before any decoding
-    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where)
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, workers=cpu_workers(),
+                            progress=rep.reading)
     skipped: list[tuple[str, str]] = [(r.source, reason) for r, reason in checked.skipped]
     keep = {id(r) for r in checked.usable}
     idx = [i for i, r in enumerate(rows) if id(r) in keep]
@@ -353,7 +358,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     device = pick_device(cfg.device)
     if cfg.task == "segmentation":
         return segmentation_sweep(cfg, rep, device)
-    rows, labels, splits, summary = prepare_data(cfg)
+    rows, labels, splits, summary = prepare_data(cfg, rep)
     metric = cfg.metric or PRIMARY[labels.task]
     known = METRICS[labels.task] + ([f"{m}/{n}" for m in ("auc", "auprc") for n in labels.names]
                                     if labels.task == "multilabel" else [])
@@ -473,11 +478,12 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
 
     if cfg.mode != "linear":
         raise ConvirtError("--task segmentation is a linear probe on frozen patch features; use --mode linear")
-    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding)
+    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading)
     if rows and cfg.mask_col not in rows[0].columns:
         raise ConvirtError(f"{cfg.data}: no column '{cfg.mask_col}' (columns: {', '.join(rows[0].columns)}); "
                            "pass --mask-col NAME")
-    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where)
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, workers=cpu_workers(),
+                            progress=rep.reading)
     rows = checked.usable
     skipped = [(r.source, reason) for r, reason in checked.skipped]
     specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]

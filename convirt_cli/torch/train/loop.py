@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import Validation, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
 from convirt_cli.torchfree.files import read_json, write_json
+from convirt_cli.torchfree.processes import cpu_workers
 from convirt_cli.torchfree.registry import get_model_config, with_overrides
 from convirt_cli.torchfree.runs import (
     append_jsonl,
@@ -48,6 +50,7 @@ from convirt_cli.torchfree.stop import StopOnSignal, ignore_signals
 
 
 class Reporter(Protocol):
+    def reading(self, label: str, total: int, unit: str) -> AbstractContextManager: ...
     def data_summary(self, v: Validation, splits: dict[str, int]) -> None: ...
     def start(self, total_steps: int, first_step: int) -> None: ...
     def step(self, step: int, metrics: dict) -> None: ...
@@ -58,6 +61,7 @@ class Reporter(Protocol):
 
 
 class NullReporter:
+    def reading(self, label, total, unit): return nullcontext(None)
     def data_summary(self, v, splits): pass
     def start(self, total_steps, first_step): pass
     def step(self, step, metrics): pass
@@ -182,8 +186,10 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
                  rep: Reporter) -> tuple[list[Row], list[Row], int | None, dict]:
     """(train rows, validation rows, the smallest image's shorter side, what was read / skipped / split for
     summary.json)."""
-    rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections)
-    checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict, where=cfg.where))
+    rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections,
+                     workers=cpu_workers(), progress=rep.reading)
+    checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict, where=cfg.where,
+                                   workers=cpu_workers(), progress=rep.reading))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
     rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text})

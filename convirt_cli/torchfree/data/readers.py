@@ -11,9 +11,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from convirt_cli.torchfree.data.text import join_parts, report_sections
 from convirt_cli.torchfree.errors import ConvirtError
+
+if TYPE_CHECKING:
+    from convirt_cli.torchfree.data.headers import Progress
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
@@ -28,6 +32,7 @@ class Row:
     source: str  # "file:row" for messages
     columns: dict[str, str] = field(default_factory=dict)
     text_problem: str | None = None  # why the text is unusable, found while reading (a skip reason)
+    image_check: int | str | None = None  # a DICOM header's check, when read with its metadata (headers.py)
 
 
 def find_table(data: Path) -> Path | None:
@@ -98,15 +103,22 @@ def _read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
 
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
-              encoding: str = "auto", sections: list[str] | tuple[str, ...] = ()) -> list[Row]:
+              encoding: str = "auto", sections: list[str] | tuple[str, ...] = (), metadata: bool = True,
+              workers: int = 1, progress: Progress | None = None) -> list[Row]:
     """All rows of DATA; `text_col=None` reads images only (finetune, embed). `sections` keeps those headed
-    sections of each report (e.g. findings, impression); a report with none of them is a skip reason."""
+    sections of each report (e.g. findings, impression); a report with none of them is a skip reason.
+    A folder's DICOMs give their allow-listed metadata as columns (`metadata=False`: not read, for embed), read
+    in `workers` processes when many (headers.py), shown by `progress`."""
     data = Path(data)
     if not data.exists():
         raise ConvirtError(f"{data}: no such file or folder")
     table = find_table(data)
     if table is None:
         rows = _read_folder(data, text_col is not None)
+        if metadata:
+            from convirt_cli.torchfree.data.headers import read_headers
+
+            read_headers(rows, columns=True, workers=workers, progress=progress)
     else:
         rows = _read_table_rows(table, image_col, text_col, encoding)
     if sections and text_col is not None:
@@ -223,19 +235,7 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
             near = [p.with_suffix(".txt")] + ([p.parent.with_suffix(".txt")] if p.parent != folder else [])
             txt = next((t for t in near if t.is_file()), None)
             text = txt.read_text(encoding="utf-8", errors="replace") if txt else ""
-        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder)), columns=_file_columns(p)))
+        rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder))))
     _group_studies(rows, folder)
     return rows
 
-
-def _file_columns(path: Path) -> dict[str, str]:
-    """A DICOM's allow-listed metadata (hashed patient id, sex, age, view...) as columns: a folder of DICOMs splits
-    by patient and feeds `finetune --label sex` with no table. A damaged header gives none; validation names it."""
-    if path.suffix.lower() not in (".dcm", ".dicom"):
-        return {}
-    from convirt_cli.torchfree import dicom
-
-    try:
-        return dicom.columns(path)
-    except ValueError:
-        return {}

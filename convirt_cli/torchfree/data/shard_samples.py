@@ -14,7 +14,7 @@ from PIL import Image
 
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, open_gray
-from convirt_cli.torchfree.stop import ignore_signals
+from convirt_cli.torchfree.processes import process_pool
 
 RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
            ".webp": "webp", ".gif": "gif"}
@@ -51,18 +51,12 @@ def encode(job: tuple[Row, int, int | None, str]) -> tuple[dict | None, str | No
 
 def encoded(jobs: list, workers: int) -> Iterator[tuple[dict | None, str | None]]:
     """encode over jobs, in their order: decoding and PNG encoding are most of the work, so they run in worker
-    processes, a few jobs ahead of the writer. forkserver: the parent's progress-bar thread is never forked (a
-    script calling this needs the `if __name__ == "__main__":` guard). On Ctrl-C the workers finish the image in
-    hand and stop; close the generator (contextlib.closing) so that happens at once."""
+    processes (convirt_cli.torchfree.processes), a few jobs ahead of the writer. On Ctrl-C the workers finish the
+    image in hand and stop; close the generator (contextlib.closing) so that happens at once."""
     if workers <= 1 or len(jobs) < 2:
         yield from map(encode, jobs)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context(method),
-                               initializer=ignore_signals)
+    pool = process_pool(min(workers, len(jobs)))
     try:
         todo = iter(jobs)
         pending = deque(pool.submit(encode, job) for job in islice(todo, 4 * workers))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from convirt_cli.torchfree.data.headers import Progress, read_headers
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.imageio import PLAIN_SUFFIXES
@@ -33,6 +34,8 @@ def check_row(row: Row, need_text: bool) -> str | int:
         return row.text_problem
     if need_text and not row.text.strip():
         return "empty text"
+    if row.image_check is not None:  # read with the metadata (headers.py)
+        return row.image_check
     if row.image.suffix.lower() not in PLAIN_SUFFIXES:
         from convirt_cli.torchfree import dicom
 
@@ -100,12 +103,15 @@ def select_rows(rows: list[Row], where: list[str] | tuple[str, ...]) -> tuple[li
 
 
 def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
-                  where: list[str] | tuple[str, ...] = ()) -> Validation:
+                  where: list[str] | tuple[str, ...] = (), workers: int = 1,
+                  progress: Progress | None = None) -> Validation:
     """Usable rows, and the others counted by reason: left out by --where (not an error, even with --strict),
-    or unusable (missing or unreadable image, empty text...)."""
+    or unusable (missing or unreadable image, empty text...). DICOM headers not read yet are read in `workers`
+    processes when many (headers.py)."""
     v = Validation(found=len(rows), usable=[])
     rows, v.skipped = select_rows(rows, where)
     left_out = len(v.skipped)
+    read_headers(rows, columns=False, workers=workers, progress=progress)
     for row, reason in zip(rows, check_rows(rows, need_text)):
         if isinstance(reason, int):
             v.usable.append(row)

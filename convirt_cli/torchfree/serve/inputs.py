@@ -43,7 +43,7 @@ def read_inputs(spec: str, kind: str | None = None, image_col: str = "image", te
     kind = kind or "image"
     if kind == "text" and table is None:
         raise ConvirtError(f"{path}: --kind text needs a table with a text column or a text file of lines")
-    rows = read_rows(path, image_col=image_col, text_col=text_col if kind == "text" else None)
+    rows = read_rows(path, image_col=image_col, text_col=text_col if kind == "text" else None, metadata=False)
     if kind == "image":
         return kind, [{"path": str(r.image), "source": r.source} for r in rows]
     return kind, [{"text": r.text, "source": r.source} | ({"problem": r.text_problem} if r.text_problem else {})
