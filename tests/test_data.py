@@ -359,8 +359,10 @@ def test_header_checks_overlap_only_on_slow_storage(monkeypatch):
     for wait, threaded in ((0.002, True), (0.0, False)):
         seen.clear()
         monkeypatch.setattr(V, "check_row", lambda r, n, w=wait: check(r, n, w))
-        assert V.check_rows(rows, True, threads=4, probe=8) == list(range(10, 50))
+        advanced = []
+        assert V.check_rows(rows, True, threads=4, probe=8, advance=advanced.append) == list(range(10, 50))
         assert (set(seen) != {threading.get_ident()}) == threaded
+        assert advanced == [8] * 5  # a progress bar moves in either mode
 
 
 def test_where_keeps_rows_by_column_and_counts_the_rest(tmp_path):

@@ -300,6 +300,7 @@ class CountReads:
 
 def test_a_dicom_folder_reads_each_header_once(dicom_folder, monkeypatch):
     """A MIMIC-sized folder (377k files) must not read every header twice (metadata, then validation)."""
+    from convirt_cli.torchfree.data import validate
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.validate import validate_rows
 
@@ -310,10 +311,14 @@ def test_a_dicom_folder_reads_each_header_once(dicom_folder, monkeypatch):
         shown.append([label, total, 0])
         yield lambda n: shown[-1].__setitem__(2, shown[-1][2] + n)
 
+    monkeypatch.setattr(validate, "BAR_FROM", 1)
     rows = read_rows(dicom_folder, text_col=None, progress=progress)
     v = validate_rows(rows, need_text=False, progress=progress)
     assert reads.n == 24 and len(v.usable) == 24 and v.min_side == 96
     assert shown == [["DICOM headers", 24, 24]]  # one bar, advanced to its end; none for validation
+    pngs = read_rows(COVID, text_col=None)[:30]
+    validate_rows(pngs, need_text=False, progress=progress)
+    assert shown[1:] == [["checking images", 30, 30]]  # other images: their headers are read while checking
     reads.n = 0
     bare = read_rows(dicom_folder, text_col=None, metadata=False)  # embed needs no metadata
     assert all(set(r.columns) == {"study"} for r in bare) and reads.n == 0
