@@ -324,6 +324,30 @@ def test_a_dicom_folder_reads_each_header_once(dicom_folder, monkeypatch):
     assert all(set(r.columns) == {"study"} for r in bare) and reads.n == 0
 
 
+def test_a_pacs_export_folder_without_extensions_is_read(dicom_folder, tmp_path):
+    """CD and PACS exports name files IM000001 or by their UID (1.2.840...: a 'suffix' of digits), beside a
+    DICOMDIR index and notes; the DICOM marker finds the images, and their reports are NAME.txt."""
+    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.validate import validate_rows
+
+    export = tmp_path / "export" / "PA000000" / "ST000000"
+    export.mkdir(parents=True)
+    sources = sorted(dicom_folder.rglob("*.dcm"))[:3]
+    for name, src in zip(("IM000001", "IM000002", "1.2.840.113619.2.55.3.604"), sources):
+        (export / name).write_bytes(src.read_bytes())
+        (export / f"{name}.txt").write_text(f"report of {name}")
+    ds = pydicom.dcmread(sources[0])  # the index: a DICOM with the marker but no image
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.save_as(export.parent.parent / "DICOMDIR")
+    (export / "notes.json").write_text("{}")
+    (export / "IM000003").write_bytes(b"not a dicom at all" * 20)
+    rows = read_rows(tmp_path / "export")
+    assert [r.image.name for r in rows] == ["1.2.840.113619.2.55.3.604", "IM000001", "IM000002"]
+    assert [r.text for r in rows] == [f"report of {r.image.name}" for r in rows]
+    assert rows[1].columns["patient"] == dicom.patient_hash(f"{SECRETS['pid']}-0") and rows[1].image_check == 96
+    assert len(validate_rows(rows).usable) == 3
+
+
 def test_dicom_headers_in_worker_processes_equal_one_process(dicom_folder, monkeypatch):
     from convirt_cli.torchfree.data import headers
     from convirt_cli.torchfree.data.readers import read_rows

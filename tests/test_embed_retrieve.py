@@ -204,6 +204,15 @@ def test_retrieve_subprocess_never_imports_torch(index):
     assert "Error" not in proc.stderr and "\x1b[31m" not in proc.stderr  # no red provider noise
 
 
+def test_torch_backend_subprocess_prints_only_our_lines(images, tiny_run, tmp_path):
+    """transformers' own "Loading weights" tqdm bar must not interleave with the command's stderr."""
+    proc = subprocess.run([sys.executable, "-m", "convirt_cli", "embed", str(images), "--model", str(tiny_run),
+                           "--backend", "torch", "--out", str(tmp_path / "t")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Loading weights" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
+
+
 def test_retrieve_errors_are_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "convirt_cli", "retrieve", "--query", "x", "--index", str(tmp_path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)

@@ -183,6 +183,8 @@ def user_errors() -> Iterator[None]:
 
 def run() -> None:
     """Console entry point: the fast lane when it applies, else the typer CLI (cli/main.py)."""
+    # the hub's and transformers' tqdm bars ("Loading weights ...") would interleave with ours on stderr
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     work = _fast(sys.argv[1:])
     if work is None:
         from convirt_cli.cli.main import run as full

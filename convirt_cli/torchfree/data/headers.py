@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 from convirt_cli.torchfree.data.readers import Row
-from convirt_cli.torchfree.dicom import DICOM_SUFFIXES, header
+from convirt_cli.torchfree.dicom import header, is_dicom
+from convirt_cli.torchfree.imageio import PLAIN_SUFFIXES
 from convirt_cli.torchfree.processes import ordered_map
 
 # (label, total, unit) -> a context giving advance(n): the CLI's progress_bar
@@ -20,14 +22,22 @@ def read_headers(rows: list[Row], columns: bool, workers: int = 1, progress: Pro
     """Set `image_check` of each DICOM row not yet checked and, with `columns`, its metadata columns (a folder's
     rows; a table's own columns are kept). `workers` > 1: worker processes (convirt_cli.torchfree.processes: a
     script calling this needs the `__main__` guard)."""
-    todo = [r for r in rows if r.image_check is None and r.image.suffix.lower() in DICOM_SUFFIXES]
+    todo = [r for r in rows if r.image_check is None and r.image.suffix.lower() not in PLAIN_SUFFIXES]
     if not todo:
         return
     bar = progress("DICOM headers", len(todo), "files") if progress else nullcontext(None)
     with bar as advance:
-        results = ordered_map(header, [r.image for r in todo], workers if len(todo) >= PARALLEL_FROM else 1,
+        results = ordered_map(dicom_header, [r.image for r in todo], workers if len(todo) >= PARALLEL_FROM else 1,
                               advance=advance)
-    for row, (cols, check) in zip(todo, results):
+    for row, result in zip(todo, results):
+        if result is None:  # not a DICOM: validation reads it as other images
+            continue
+        cols, check = result
         row.image_check = check
         if columns:
             row.columns = cols | row.columns  # a study column set while reading stays
+
+
+def dicom_header(path: Path) -> tuple[dict[str, str], int | str] | None:
+    """dicom.header, or None for a file that is no DICOM (a table may name any file); runs in the workers."""
+    return header(path) if is_dicom(path) else None

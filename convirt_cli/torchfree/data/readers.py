@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from convirt_cli.torchfree.data.headers import Progress
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
+# suffixes never read as images (other files are, when they carry the DICOM marker)
+NOT_IMAGES = {".txt", ".csv", ".tsv", ".jsonl", ".json", ".md", ".xml", ".html", ".htm", ".pdf", ".log", ".zip",
+              ".gz", ".tar", ".npy", ".npz", ".py", ".toml", ".yaml", ".yml", ".xlsx", ".xls", ".docx"}
 TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
 SLASHED_SUFFIXES = (*IMAGE_SUFFIXES, ".txt")  # cells that are paths (a report's prose may hold a backslash)
 MAX_SCAN = 2_000_000  # paths looked at to find bare image names (MIMIC-CXR-JPG has ~0.4 M files)
@@ -224,15 +227,32 @@ def _text(value: str, base: Path) -> tuple[str, str | None]:
         return ("", "missing report file") if not any(c.isspace() for c in name) else (value, None)
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """Image files under folder, sorted: by suffix, and DICOMs without one (PACS and CD exports name files
+    IM000001 or by their UID, 1.2.840...: found by the DICM marker; the DICOMDIR index is no image)."""
+    found = []
+    for p in folder.rglob("*"):
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            found.append(p)
+        elif suffix not in NOT_IMAGES and not p.name.startswith(".") and p.name.upper() != "DICOMDIR":
+            from convirt_cli.torchfree.dicom import is_dicom
+
+            if p.is_file() and is_dicom(p):  # reads 132 bytes (of regular files: a pipe would block)
+                found.append(p)
+    return sorted(found)
+
+
 def _read_folder(folder: Path, with_text: bool) -> list[Row]:
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = folder_images(folder)
     if not images:
         raise ConvirtError(f"{folder}: no pairs.csv / pairs.jsonl and no images inside; see `convirt pretrain --help`")
     rows = []
     for p in images:
         text = ""
         if with_text:  # the image's own .txt, else its study's: MIMIC-CXR puts s123.txt beside the folder s123/
-            near = [p.with_suffix(".txt")] + ([p.parent.with_suffix(".txt")] if p.parent != folder else [])
+            own = p.with_suffix(".txt") if p.suffix.lower() in IMAGE_SUFFIXES else p.with_name(p.name + ".txt")
+            near = [own] + ([p.parent.with_suffix(".txt")] if p.parent != folder else [])
             txt = next((t for t in near if t.is_file()), None)
             text = txt.read_text(encoding="utf-8", errors="replace") if txt else ""
         rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder))))
