@@ -153,6 +153,35 @@ def test_folder_in_mimic_layout(tmp_path):
 
 
 
+def test_mimic_cxr_jpg_metadata_table_finds_images_and_study_reports(tmp_path):
+    """MIMIC-CXR-JPG as downloaded: a gzipped metadata table naming only dicom_id (no path, no report), the JPEGs
+    under files/p10/p<subject>/s<study>/<dicom_id>.jpg and each study's report beside its folder."""
+    import gzip
+
+    lines, views = ["dicom_id,subject_id,study_id,ViewPosition"], {"d1": "PA", "d2": "LATERAL", "d3": "AP"}
+    for dicom_id, subject, study in (("d1", "10000032", "500"), ("d2", "10000032", "500"), ("d3", "10000040", "501")):
+        folder = tmp_path / "files" / "p10" / f"p{subject}" / f"s{study}"
+        _png(folder / f"{dicom_id}.jpg")
+        folder.with_name(f"s{study}.txt").write_text(f"FINDINGS: study {study}.")
+        lines.append(f"{dicom_id},{subject},{study},{views[dicom_id]}")
+    table = tmp_path / "mimic-cxr-2.0.0-metadata.CSV.gz"
+    table.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    rows = read_rows(tmp_path, image_col="dicom_id")  # the one table in the folder, upper-case suffix, gzipped
+    assert [(r.image.name, r.text, r.source) for r in rows] == [
+        ("d1.jpg", "FINDINGS: study 500.", f"{table.name}:2"), ("d2.jpg", "FINDINGS: study 500.", f"{table.name}:3"),
+        ("d3.jpg", "FINDINGS: study 501.", f"{table.name}:4")]
+    v = validate_rows(rows, where=["ViewPosition=PA,AP"])
+    assert [r.image.name for r in v.usable] == ["d1.jpg", "d3.jpg"]
+    assert describe_split(v.usable, None, None) == "by patient ('subject_id')"
+    (tmp_path / "files" / "p10" / "p10000040" / "s501.txt").unlink()  # a report lost: a counted skip, by reason
+    assert validate_rows(read_rows(table, image_col="dicom_id")).reasons() == {"missing report file": 1}
+    with pytest.raises(ConvirtError, match=r"no column 'report' \(columns: dicom_id.*pass --text-col NAME"):
+        read_rows(table, image_col="dicom_id", text_col="report")  # a named column is never replaced by files
+    table.write_bytes(table.read_bytes()[:20])
+    with pytest.raises(ConvirtError, match=r"metadata.CSV.gz: not a readable gzip file"):
+        read_rows(table, image_col="dicom_id")
+
+
 def test_class_folders_are_not_studies(tmp_path):
     """normal/ and pneumonia/ with many images each: split by image, never a whole class in one split."""
     for cls in ("normal", "pneumonia"):

@@ -7,8 +7,10 @@ and skip names the file and row.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,13 +48,17 @@ def find_table(data: Path) -> Path | None:
     for name in TABLE_NAMES:
         if (data / name).is_file():
             return data / name
-    tables = sorted(p for p in data.glob("*") if p.suffix.lower() in (".csv", ".tsv", ".jsonl") and p.is_file())
+    tables = sorted(p for p in data.glob("*") if table_kind(p) and p.is_file())
     if len(tables) > 1:
         raise ConvirtError(f"{data}: {len(tables)} tables ({', '.join(p.name for p in tables[:5])}) and no pairs.csv; "
                            f"pass the one to read, e.g. {tables[0]}")
     return tables[0] if tables else None
 
 
+def table_kind(path: Path) -> str | None:
+    """'csv', 'tsv' or 'jsonl' by the name, in any case, gzipped or not (MIMIC-CXR ships its tables as .csv.gz)."""
+    name = path.name.lower()
+    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}.get(Path(name.removesuffix(".gz")).suffix)
 
 
 def decode_table(path: Path, encoding: str = "auto") -> tuple[str, str]:
@@ -62,6 +68,12 @@ def decode_table(path: Path, encoding: str = "auto") -> tuple[str, str]:
     cp1252, the Windows superset of latin-1 that most hospital and spreadsheet exports use.
     """
     raw = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):
+            raise ConvirtError(f"{path}: not a readable gzip file (truncated or damaged); download it again or "
+                               "pass the unpacked table") from None
     if encoding != "auto":
         try:
             return raw.decode(encoding), encoding
@@ -84,7 +96,8 @@ def decode_table(path: Path, encoding: str = "auto") -> tuple[str, str]:
 
 def _read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
     text, _ = decode_table(path, encoding)
-    if path.suffix == ".jsonl":
+    kind = table_kind(path)
+    if kind == "jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -97,12 +110,13 @@ def _read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
                 raise ConvirtError(f"{path}:{i}: expected one JSON object per line, got {type(obj).__name__}")
             rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
         return rows
-    if path.suffix in (".csv", ".tsv"):
+    if kind in ("csv", "tsv"):
         try:
-            return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ","))
+            return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","))
         except csv.Error as e:
             raise ConvirtError(f"{path}: not a readable CSV ({e}); check its quoting") from None
-    raise ConvirtError(f"{path}: expected a .csv, .tsv or .jsonl file, or a folder of images with .txt files")
+    raise ConvirtError(f"{path}: expected a .csv, .tsv or .jsonl file (or .gz of one), or a folder of images with "
+                       ".txt files")
 
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
@@ -140,9 +154,9 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     cols = list(records[0].keys())
     # --text-col findings,impression: several columns make one text (MIMIC-CXR's sectioned CSV)
     text_cols = [text_col] if text_col is None or text_col in cols else [c.strip() for c in text_col.split(",")]
-    for col, flag in ((image_col, "--image-col"), *((c, "--text-col") for c in text_cols)):
-        if col is not None and col not in cols:
-            raise ConvirtError(f"{table}: no column '{col}' (columns: {', '.join(cols)}); pass {flag} NAME")
+    if image_col is not None and image_col not in cols:
+        raise ConvirtError(f"{table}: no column '{image_col}' (columns: {', '.join(cols)}); pass --image-col NAME")
+    no_text = [c for c in text_cols if c is not None and c not in cols]
     for r in records:  # tables written on Windows name images\\0001.png
         for col in (image_col, *text_cols):
             if col and "\\" in (r.get(col) or "") and r[col].strip().lower().endswith(SLASHED_SUFFIXES):
@@ -151,15 +165,24 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     base = image_base(table, first)
     by_name = images_by_name(table.parent, first) if base is None else None
     base = base or table.parent
-    start = 2 if table.suffix != ".jsonl" else 1  # CSV row 1 is the header
+    names = [r.get(image_col) or "" for r in records]
+    images = [(by_name.get(n, base / n) if by_name is not None else base / n).resolve() if n else base for n in names]
+    # no `text` column (the default), but reports as files beside the images or their study folders (MIMIC-CXR-JPG's
+    # metadata table names dicom_id only; its reports are files/p10/p100/s500.txt): read those, as from a folder
+    beside = no_text == ["text"] and sum(report_beside(p, base) is not None for p in images[:20]) * 2 > len(images[:20])
+    if no_text and not beside:
+        raise ConvirtError(f"{table}: no column '{no_text[0]}' (columns: {', '.join(cols)}); pass --text-col NAME")
+    start = 2 if table_kind(table) != "jsonl" else 1  # CSV row 1 is the header
     rows = []
-    for i, r in enumerate(records, start=start):
-        cell = (r.get(text_col) or "") if len(text_cols) == 1 else join_parts(r.get(c) for c in text_cols)
-        text, problem = _text(cell if text_col else "", base)
-        name = r.get(image_col) or ""
-        image = by_name.get(name, base / name) if by_name is not None else base / name
-        rows.append(Row(image=image.resolve() if name else base, text=text, source=f"{table.name}:{i}", columns=r,
-                        text_problem=problem))
+    for i, (r, image) in enumerate(zip(records, images), start=start):
+        if beside:
+            txt = report_beside(image, base)
+            text, problem = (txt.read_text(encoding="utf-8", errors="replace"), None) if txt else (
+                "", "missing report file")
+        else:
+            cell = (r.get(text_col) or "") if len(text_cols) == 1 else join_parts(r.get(c) for c in text_cols)
+            text, problem = _text(cell if text_col else "", base)
+        rows.append(Row(image=image, text=text, source=f"{table.name}:{i}", columns=r, text_problem=problem))
     _group_studies(rows, base)
     return rows
 
@@ -243,6 +266,14 @@ def folder_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def report_beside(image: Path, root: Path) -> Path | None:
+    """The report file of an image that has none in a table: its own NAME.txt, else its study folder's (MIMIC-CXR
+    keeps s123.txt beside the folder s123/), never one of root itself."""
+    own = image.with_suffix(".txt") if image.suffix.lower() in IMAGE_SUFFIXES else image.with_name(image.name + ".txt")
+    study = [image.parent.with_name(image.parent.name + ".txt")] if image.parent not in (root, root.resolve()) else []
+    return next((t for t in [own, *study] if t.is_file()), None)
+
+
 def _read_folder(folder: Path, with_text: bool) -> list[Row]:
     images = folder_images(folder)
     if not images:
@@ -250,10 +281,8 @@ def _read_folder(folder: Path, with_text: bool) -> list[Row]:
     rows = []
     for p in images:
         text = ""
-        if with_text:  # the image's own .txt, else its study's: MIMIC-CXR puts s123.txt beside the folder s123/
-            own = p.with_suffix(".txt") if p.suffix.lower() in IMAGE_SUFFIXES else p.with_name(p.name + ".txt")
-            near = [own] + ([p.parent.with_suffix(".txt")] if p.parent != folder else [])
-            txt = next((t for t in near if t.is_file()), None)
+        if with_text:
+            txt = report_beside(p, folder)
             text = txt.read_text(encoding="utf-8", errors="replace") if txt else ""
         rows.append(Row(image=p.resolve(), text=text, source=str(p.relative_to(folder))))
     _group_studies(rows, folder)

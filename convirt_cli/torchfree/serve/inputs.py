@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES, find_table, read_rows
+from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES, find_table, read_rows, table_kind
 from convirt_cli.torchfree.errors import ConvirtError
-
-TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl"}
 
 
 def _looks_like_images(lines: list[str]) -> bool:
@@ -36,7 +34,7 @@ def read_inputs(spec: str, kind: str | None = None, image_col: str = "image", te
         raise ConvirtError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return "image", [{"path": str(path.resolve()), "source": path.name}]
-    table = find_table(path) if path.is_dir() else (path if path.suffix.lower() in TABLE_SUFFIXES else None)
+    table = find_table(path) if path.is_dir() else (path if table_kind(path) else None)
     if path.is_file() and table is None:
         with path.open(encoding="utf-8", errors="replace") as f:
             return _lines(f, path.name, kind, path.parent)
