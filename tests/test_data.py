@@ -309,6 +309,7 @@ def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
     train, val, _, _ = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
     assert rep.v.found == 8 and len(rep.v.usable) == 7 == len(train) + len(val)
     assert [(row.source, why) for row, why in rep.v.skipped] == [("t.csv:8", "duplicate pair (of t.csv:2)")]
+    assert rep.v.reasons() == {"duplicate pair": 1}  # counted by kind: a thousand duplicates are one count
 
 
 MIMIC_STYLE = """                                 FINAL REPORT

@@ -402,3 +402,33 @@ def test_tiny_label_fraction_reports_the_rows_it_used(tmp_path, covid_csv):
 
     assert used_label(0.0001, table["used"]) == f"0.01% (2 rows = {2 / n_all:.1%})"
     assert used_label(1.0, table["used"]) == f"100% ({n_all} rows)"
+
+
+def test_an_image_listed_twice_is_one_sample(covid_csv, tmp_path):
+    """RSNA Pneumonia lists an image once per box, VinDr-CXR once per reader: each image is one sample (else it is
+    counted twice in the test metrics, and split by image it can sit in train and test at once). The first row's
+    labels stay; a repeat with other labels is counted apart."""
+    from convirt_cli.torch.train.finetune import NullReporter, one_row_per_image, prepare_data
+    from convirt_cli.torchfree.config import FinetuneConfig
+
+    rows = _rows(sex=["F", "F", "M", "M", "F"])
+    for r, name in zip(rows, "aabac"):
+        r.image = Path(f"/x/{name}.png")
+    y = parse_labels(rows, ["sex"]).y
+    other = "duplicate image with other labels"
+    assert one_row_per_image(rows, y, [0, 1, 2, 3, 4]) == (
+        [0, 2, 4], [("t.csv:3", "duplicate image (of t.csv:2)"), ("t.csv:5", f"{other} (of t.csv:2)")])
+    assert one_row_per_image(rows, y, [1, 2, 3]) == ([1, 2], [("t.csv:5", f"{other} (of t.csv:3)")])
+    with covid_csv.open() as f:
+        table = [r for r in csv.DictReader(f) if r["sex"] in ("F", "M")][:40]
+    for r in table:
+        r["image"] = str(covid_csv.parent / r["image"])
+    table += [dict(table[0]), dict(table[1]), dict(table[2], sex="M" if table[2]["sex"] == "F" else "F")]
+    path = tmp_path / "t.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    rows, _, splits, summary = prepare_data(FinetuneConfig(data=path, labels=["sex"]), NullReporter())
+    assert len(rows) == 40 == sum(len(v) for v in splits.values()) and len({r.image for r in rows}) == 40
+    assert summary["skip_reasons"] == {"duplicate image": 2, "duplicate image with other labels": 1}

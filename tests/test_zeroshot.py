@@ -100,6 +100,21 @@ def test_evaluate_errors_are_clear(covid_csv, tiny_export):
     assert res.exit_code != 0 and "lower --queries-per-class" in str(res.exception)
 
 
+def test_an_image_listed_twice_is_scored_once(covid_csv, tmp_path, capsys):
+    """A repeated image (a table row per box or reader) would be its own best match across queries and candidates."""
+    from convirt_cli.cli.commands.evaluate import load_labelled
+
+    rows = labelled(covid_csv)[:30]
+    table = tmp_path / "t.csv"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "finding"])
+        w.writeheader()
+        w.writerows([{"image": r["path"], "finding": r["finding"]} for r in rows + rows[:4]])
+    paths, labels, _ = load_labelled(table, "image", "finding", [])
+    assert paths == [r["path"] for r in rows] and labels == [r["finding"] for r in rows]
+    assert "4 rows name an image an earlier row names" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def untrained_example(example_run, tmp_path_factory) -> Path:
     """The example run's architecture and tokenizer with fresh weights: the 'same model untrained'."""

@@ -39,6 +39,15 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
         note(f"--where left out {len(left)} rows: " + ", ".join(f"{n} {r.removeprefix('--where ')}"
                                                              for r, n in Counter(r for _, r in left).items()))
     rows = [r for r in rows if r.columns.get(label_col, "").strip() not in ignore]
+    first = {}
+    for r in rows:  # an image listed twice (once per box or reader) would be its own best match
+        first.setdefault(r.image, r)
+    if len(first) < len(rows):
+        from convirt_cli.cli.progress import note
+
+        note(f"{len(rows) - len(first)} rows name an image an earlier row names: each image is scored once, with "
+             "its first row's label")
+        rows = list(first.values())
     if not rows:
         raise ConvirtError(f"{data}: no rows with a label in '{label_col}'")
     return ([str(r.image) for r in rows], [r.columns[label_col].strip() for r in rows],

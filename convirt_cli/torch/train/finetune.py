@@ -41,7 +41,7 @@ from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
 from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
-from convirt_cli.torchfree.data.validate import validate_rows
+from convirt_cli.torchfree.data.validate import reason_kind, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.labels import Labels, check_train_classes, parse_labels, sample_fraction
 from convirt_cli.torchfree.evaluate.metrics import METRICS, PRIMARY, bootstrap_ci, is_better, task_metrics
@@ -149,7 +149,8 @@ def prepare_data(cfg: FinetuneConfig, rep: Reporter) -> tuple[list[Row], Labels,
     has = labels.has_label()
     unlabelled = [i for i in idx if not has[i]]
     skipped += [(rows[i].source, "no label") for i in unlabelled]
-    idx = [i for i in idx if has[i]]
+    idx, duplicates = one_row_per_image(rows, labels.y, [i for i in idx if has[i]])
+    skipped += duplicates
     rows, labels = [rows[i] for i in idx], labels.subset(np.asarray(idx, dtype=np.int64))
     split = split_rows(rows, cfg.val_fraction, cfg.test_fraction, cfg.split_col, cfg.patient_col, cfg.seed)
     pos = {id(r): i for i, r in enumerate(rows)}
@@ -158,11 +159,28 @@ def prepare_data(cfg: FinetuneConfig, rep: Reporter) -> tuple[list[Row], Labels,
         raise ConvirtError(f"no labelled training rows after the split ({len(rows)} usable); check --split-col")
     check_train_classes(labels.subset(splits["train"]), [rows[i] for i in splits["train"]])
     summary = {"found": checked.found, "usable": len(rows), "skipped": len(skipped),
-               "skip_reasons": _count(reason for _, reason in skipped), "skipped_examples": skipped[:5],
+               "skip_reasons": _count(reason_kind(reason) for _, reason in skipped), "skipped_examples": skipped[:5],
                "splits": {k: len(v) for k, v in splits.items()}, "task": labels.task,
                "labels": labels.names, "columns": labels.columns,
                "split_by": describe_split(rows, cfg.split_col, cfg.patient_col)}
     return rows, labels, splits, summary
+
+
+def one_row_per_image(rows: list[Row], y: np.ndarray, idx: list[int]) -> tuple[list[int], list[tuple[str, str]]]:
+    """idx without the rows that name an image an earlier row names, and (source, why) for each of those. Tables list
+    an image once per box (RSNA Pneumonia) or per reader (VinDr-CXR): a repeat would count twice in the test metrics
+    and, split by image, could sit in train and test at once. The first row's labels stay; a repeat whose labels
+    differ says so."""
+    first: dict[Path, int] = {}
+    kept, dropped = [], []
+    for i in idx:
+        j = first.setdefault(rows[i].image, i)
+        if j == i:
+            kept.append(i)
+        else:
+            other = "" if np.array_equal(y[i], y[j], equal_nan=True) else " with other labels"
+            dropped.append((rows[i].source, f"duplicate image{other} (of {rows[j].source})"))
+    return kept, dropped
 
 
 def _count(items) -> dict[str, int]:
@@ -505,7 +523,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     if len(splits["train"]) == 0:
         raise ConvirtError(f"no training images after the split ({len(rows)} usable); check --split-col")
     summary = {"found": checked.found, "usable": len(rows), "skipped": len(skipped),
-               "skip_reasons": _count(reason for _, reason in skipped), "skipped_examples": skipped[:5],
+               "skip_reasons": _count(reason_kind(reason) for _, reason in skipped), "skipped_examples": skipped[:5],
                "splits": {k: len(v) for k, v in splits.items()}, "task": "segmentation",
                "split_by": describe_split(rows, cfg.split_col, cfg.patient_col),
                "labels": [cfg.mask_col], "columns": [cfg.mask_col]}

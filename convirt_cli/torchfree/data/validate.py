@@ -25,7 +25,13 @@ class Validation:
     min_side: int | None = None  # the smallest usable image's shorter side, in pixels
 
     def reasons(self) -> Counter:
-        return Counter(reason for _, reason in self.skipped)
+        return Counter(reason_kind(reason) for _, reason in self.skipped)
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without the row it points at ('duplicate pair (of t.csv:2)' -> 'duplicate pair'): counted
+    together, so a table with thousands of duplicates gives one count, not a reason each."""
+    return reason.split(" (of ", 1)[0]
 
 
 def check_row(row: Row, need_text: bool) -> str | int:
