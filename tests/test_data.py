@@ -182,6 +182,36 @@ def test_mimic_cxr_jpg_metadata_table_finds_images_and_study_reports(tmp_path):
         read_rows(table, image_col="dicom_id")
 
 
+def test_join_adds_per_study_labels_and_a_split_file(tmp_path):
+    """MIMIC-CXR keeps labels per study (chexpert.csv.gz) and the split per image (split.csv.gz) apart from the image
+    table: --join matches each on every column it shares with the rows; ids written as floats still match."""
+    from convirt_cli.torchfree.data.readers import join_tables
+
+    for i in range(4):
+        _png(tmp_path / f"{i}.png")
+    (tmp_path / "meta.csv").write_text("image,subject_id,study_id\n0.png,1,10\n1.png,1,10\n2.png,2,20\n3.png,3,30\n")
+    (tmp_path / "labels.csv").write_text("subject_id,study_id,Edema\n1,10,1.0\n2.0,20,0.0\n9,90,1.0\n")
+    (tmp_path / "split.csv").write_text("image,study_id,split\n0.png,10,train\n1.png,10,train\n2.png,20,validate\n"
+                                        "3.png,30,test\n")
+    rows = read_rows(tmp_path / "meta.csv", text_col=None)
+    warnings = join_tables(rows, [tmp_path / "labels.csv", tmp_path / "split.csv"])
+    assert [(r.columns.get("Edema"), r.columns["split"]) for r in rows] == [
+        ("1.0", "train"), ("1.0", "train"), ("0.0", "validate"), ("", "test")]
+    assert rows[0].columns["subject_id"] == "1"  # a row's own values win
+    assert warnings == [("--join labels.csv: 1 of 4 rows match no row on subject_id, study_id: its columns are blank "
+                        "there")]
+    assert describe_split(rows, None, None) == "by column 'split'"
+    (tmp_path / "twice.csv").write_text("study_id,Cardiomegaly\n10,1\n20,0\n10,0\n")
+    with pytest.raises(ConvirtError, match=r"--join .*twice.csv:4: study_id = 10 again \(row 2\); a joined table"):
+        join_tables(rows, [tmp_path / "twice.csv"])
+    (tmp_path / "other.csv").write_text("dicom,Atelectasis\nx,1\n")
+    with pytest.raises(ConvirtError, match=r"--join .*other.csv: no column in common with the data \(its columns: "
+                                           r"dicom, Atelectasis; the data's: image, subject_id"):
+        join_tables(rows, [tmp_path / "other.csv"])
+    with pytest.raises(ConvirtError, match=r"--join .*nope.csv: no such file"):
+        join_tables(rows, [tmp_path / "nope.csv"])
+
+
 def test_class_folders_are_not_studies(tmp_path):
     """normal/ and pneumonia/ with many images each: split by image, never a whole class in one split."""
     for cls in ("normal", "pneumonia"):

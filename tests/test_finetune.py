@@ -432,3 +432,23 @@ def test_an_image_listed_twice_is_one_sample(covid_csv, tmp_path):
     rows, _, splits, summary = prepare_data(FinetuneConfig(data=path, labels=["sex"]), NullReporter())
     assert len(rows) == 40 == sum(len(v) for v in splits.values()) and len({r.image for r in rows}) == 40
     assert summary["skip_reasons"] == {"duplicate image": 2, "duplicate image with other labels": 1}
+
+
+def test_finetune_takes_its_labels_from_a_joined_table(covid_csv, tmp_path):
+    """Labels kept apart from the image table (MIMIC-CXR: per study) come in with --join; rows the labels table does
+    not hold are counted as having no label, and the command says how many did not match."""
+    with covid_csv.open() as f:
+        rows = [r for r in csv.DictReader(f)][:60]
+    (tmp_path / "images.csv").write_text("image,patientid,study\n" + "".join(
+        f"{covid_csv.parent / r['image']},{r['patientid']},{i}\n" for i, r in enumerate(rows)))
+    labelled = [(i, r["sex"]) for i, r in enumerate(rows) if i % 10]  # every 10th study has no labels row
+    (tmp_path / "labels.csv").write_text("study,sex\n" + "".join(f"{i},{s}\n" for i, s in labelled))
+    res = runner.invoke(app, ["finetune", str(tmp_path / "images.csv"), "--join", str(tmp_path / "labels.csv"),
+                              "--label", "sex", "--init", "random", "--model", "tiny", "--image-size", "32",
+                              "--device", "cpu", "--bootstrap", "0", "--no-save-models", "--no-plot",
+                              "--out", str(tmp_path / "ft")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "--join labels.csv: 6 of 60 rows match no row on study" in " ".join(res.output.split())
+    summary = json.loads((tmp_path / "ft" / "results.json").read_text())["summary"]
+    assert summary["usable"] == sum(s in ("F", "M") for _, s in labelled)
+    assert summary["skip_reasons"]["no label"] == 60 - summary["usable"]

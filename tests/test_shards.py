@@ -93,6 +93,9 @@ def test_shards_keep_the_report_sections_asked_for(tmp_path):
     assert 0 < meta["skipped"]["--where sex: M"] < 600
     r = runner.invoke(app, ["pretrain", str(tmp_path / "f"), "--where", "sex=M"])
     assert isinstance(r.exception, ConvirtError) and "(--where sex=F); pass --where to `convirt shard`" in str(r.exception)
+    r = runner.invoke(app, ["pretrain", str(tmp_path / "f"), "--join", str(tmp_path / "labels.csv")])
+    assert isinstance(r.exception, ConvirtError) and "(no joined table); pass --join to `convirt shard`" in str(
+        r.exception)
     assert texts and all("impression" not in t.lower() and t.endswith(".") for t in texts), texts[:3]
 
 

@@ -97,11 +97,13 @@ class DataSettings(Config):
     encoding: str = "auto"  # of CSV/JSONL tables: auto = UTF-8 (BOM-aware), UTF-16 by BOM, else cp1252
     strict: bool = False
     where: list[str] = []  # COL=V1,V2: keep rows whose COL is one of the values (frontal views: view=PA,AP)
+    join: list[Path] = []  # tables joined to the rows on their shared columns (MIMIC-CXR's per-study labels)
     num_workers: NonNegative = 0
     device: Device = "auto"
     seed: NonNegative = 0
     runs_dir: Path = Path("runs")
     _where = field_validator("where", mode="before")(classmethod(lambda cls, v: check_where(v)))
+    _join = field_validator("join", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
 
 
 class PretrainConfig(DataSettings):
@@ -345,11 +347,13 @@ class ZeroShotSettings(ServeSettings):
     image_col: str = "image"
     ignore_label: list[str] = [""]
     where: list[str] = []  # COL=V1,V2: evaluate on those rows only (frontal views: view=PA,AP)
+    join: list[Path] = []  # as DataSettings.join
     prompts: Path | None = None  # JSON {label: [text, ...]}
     out: Path | None = None  # also write the JSON report here
     format: Literal["table", "json"] = "table"
     seed: NonNegative = 0
     _where = field_validator("where", mode="before")(classmethod(lambda cls, v: check_where(v)))
+    _join = field_validator("join", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
 
 
 class EvaluateRetrievalConfig(ZeroShotSettings):

@@ -29,6 +29,7 @@ def classify(
     prompts: o.Prompts = None,
     ignore_label: o.IgnoreLabel = None,
     where: o.Where = None,
+    join: o.Join = None,
     image_col: o.ImageCol = None,
     model: o.ServeModel = None,
     backend: o.Backend = None,
@@ -49,7 +50,8 @@ def classify(
     from convirt_cli.torchfree.serve.backends import open_encoder
 
     cfg = resolve(ClassifyConfig, **flags)
-    paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, where=cfg.where)
+    paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, where=cfg.where,
+                                   join=cfg.join)
     given = load_prompts(cfg.prompts)
     prompt_map = given or {c: [cfg.template.replace("{label}", c)] for c in sorted(set(labels))}
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)

@@ -15,21 +15,24 @@ app = typer.Typer(no_args_is_help=True, help="Zero-shot evaluation of a trained 
 
 
 def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str], text_col: str | None = None,
-                  where: list[str] = ()):
+                  where: list[str] = (), join: list[Path] = ()):
     """Rows with a label not in `ignore` (and kept by --where) -> (paths, labels, texts or None)."""
-    from convirt_cli.cli.progress import progress_bar
-    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.cli.progress import note, progress_bar
+    from convirt_cli.torchfree.data.readers import join_tables, read_rows
     from convirt_cli.torchfree.data.validate import select_rows
     from convirt_cli.torchfree.errors import ConvirtError
     from convirt_cli.torchfree.processes import cpu_workers
 
     rows = read_rows(data, image_col=image_col, text_col=None, workers=cpu_workers(), progress=progress_bar)
+    for line in join_tables(rows, join):
+        note(f"warning: {line}")
     if rows and label_col not in rows[0].columns:
         raise ConvirtError(f"{data}: no column '{label_col}' (columns: {', '.join(rows[0].columns)}); pass --label-col")
     has_text = bool(rows and text_col and (text_col in rows[0].columns or all(
         c.strip() in rows[0].columns for c in text_col.split(","))))
     if has_text:  # read as pretrain reads them: report files, joined columns
         rows = read_rows(data, image_col=image_col, text_col=text_col)
+        join_tables(rows, join)
     rows, left = select_rows(rows, where)
     if left:
         from collections import Counter
@@ -114,6 +117,7 @@ def retrieval(
     k: Annotated[list[int] | None, typer.Option("-k", "--k", help="Precision@k cut-offs (repeatable; default 5 10 50).")] = None,
     ignore_label: o.IgnoreLabel = None,
     where: o.Where = None,
+    join: o.Join = None,
     image_col: o.ImageCol = None,
     model: o.ServeModel = None,
     backend: o.Backend = None,
@@ -135,7 +139,7 @@ def retrieval(
 
     cfg = resolve(EvaluateRetrievalConfig, **flags)
     paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col,
-                                         cfg.where)
+                                         cfg.where, cfg.join)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:
         report = evaluate_retrieval(encoder, paths, labels, texts, load_prompts(cfg.prompts), cfg.queries_per_class,

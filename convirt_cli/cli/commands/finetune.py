@@ -120,6 +120,7 @@ def finetune(
     test_fraction: Annotated[float | None, typer.Option(help="Fraction of patients held out for test (without --split-col).")] = None,
     strict: o.Strict = None,
     where: o.Where = None,
+    join: o.Join = None,
     encoding: o.Encoding = None,
     runs_dir: o.RunsDir = None,
 ) -> None:

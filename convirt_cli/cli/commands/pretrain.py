@@ -106,6 +106,7 @@ def pretrain(
     val_fraction: o.ValFraction = None,
     strict: o.Strict = None,
     where: o.Where = None,
+    join: o.Join = None,
     encoding: o.Encoding = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: each epoch).")] = None,
     accum_steps: Annotated[int | None, typer.Option(help="Contrastive batch of K x --batch-size pairs on the memory of one (GradCache: same loss and gradients as the whole batch at once).")] = None,

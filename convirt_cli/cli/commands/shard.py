@@ -27,6 +27,7 @@ def shard(
     encoding: o.Encoding = None,
     strict: o.Strict = None,
     where: o.Where = None,
+    join: o.Join = None,
     seed: o.Seed = None,
 ) -> None:
     """Write DATA as WebDataset shards: unreadable images skipped and counted as pretrain counts them, the
@@ -37,7 +38,7 @@ def shard(
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.data.shards import write_shards
     from convirt_cli.torchfree.config import ShardConfig
-    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.readers import join_tables, read_rows
     from convirt_cli.torchfree.data.split import describe_split, split_rows
     from convirt_cli.torchfree.data.validate import validate_rows
     from convirt_cli.torchfree.processes import cpu_workers
@@ -47,6 +48,8 @@ def shard(
     workers = cfg.workers or cpu_workers()
     rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections, workers=workers,
                      progress=progress_bar)
+    for line in join_tables(rows, cfg.join, cfg.encoding):
+        note(f"warning: {line}")
     checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict, where=cfg.where,
                             workers=workers, progress=progress_bar)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
@@ -54,7 +57,8 @@ def shard(
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
                             cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped,
-                            workers=cfg.workers, sections=cfg.sections if text_col else (), where=cfg.where)
+                            workers=cfg.workers, sections=cfg.sections if text_col else (), where=cfg.where,
+                            join=[str(p) for p in cfg.join])
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

@@ -39,7 +39,7 @@ from convirt_cli.torch.towers import ImageTower
 from convirt_cli.torch.train.device import autocast, pick_device
 from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
-from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, read_rows
+from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, join_tables, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import reason_kind, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
@@ -140,6 +140,8 @@ def decode_images(rows: list[Row], size: int, workers: int = 2, window: str = "a
 def prepare_data(cfg: FinetuneConfig, rep: Reporter) -> tuple[list[Row], Labels, dict[str, np.ndarray], dict]:
     """Read, label, validate and split rows. Returns usable rows, their labels, split -> indices, summary."""
     rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading)
+    for line in join_tables(rows, cfg.join, cfg.encoding):
+        rep.warn(line)
     labels = parse_labels(rows, cfg.labels, cfg.task, cfg.missing)  # bad columns fail before any decoding
     checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, workers=cpu_workers(),
                             progress=rep.reading)
@@ -497,6 +499,8 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     if cfg.mode != "linear":
         raise ConvirtError("--task segmentation is a linear probe on frozen patch features; use --mode linear")
     rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading)
+    for line in join_tables(rows, cfg.join, cfg.encoding):
+        rep.warn(line)
     if rows and cfg.mask_col not in rows[0].columns:
         raise ConvirtError(f"{cfg.data}: no column '{cfg.mask_col}' (columns: {', '.join(rows[0].columns)}); "
                            "pass --mask-col NAME")

@@ -30,7 +30,7 @@ from convirt_cli.torch.train.device import grad_scaler, pick_device
 from convirt_cli.torch.train.distributed import Dist, init_distributed, rank0_time
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
-from convirt_cli.torchfree.data.readers import Row, read_rows
+from convirt_cli.torchfree.data.readers import Row, join_tables, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import Validation, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
@@ -158,7 +158,8 @@ def prepare_shards(cfg: PretrainConfig, rep: Reporter):
         raise ConvirtError(f"{cfg.data}: how many samples these shards hold is unknown (no shards.json beside them); "
                            "point at the folder `convirt shard` wrote")
     meta = train.meta
-    for key, wanted, none in (("sections", cfg.sections, "whole reports"), ("where", cfg.where, "every row")):
+    for key, wanted, none in (("sections", cfg.sections, "whole reports"), ("where", cfg.where, "every row"),
+                              ("join", [str(p) for p in cfg.join], "no joined table")):
         stored = meta.get(key, [])
         if wanted and wanted != stored:  # rows and texts were chosen when the shards were written
             held = f"--{key} {' '.join(stored)}" if stored else none
@@ -188,6 +189,8 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
     summary.json)."""
     rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections,
                      workers=cpu_workers(), progress=rep.reading)
+    for line in join_tables(rows, cfg.join, cfg.encoding):
+        rep.warn(line)
     checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict, where=cfg.where,
                                    workers=cpu_workers(), progress=rep.reading))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
