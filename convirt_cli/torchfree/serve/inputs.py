@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES, find_table, read_rows, table_kind
+from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES, absolute, find_table, read_rows, table_kind
 from convirt_cli.torchfree.errors import ConvirtError
 
 
@@ -20,7 +20,7 @@ def _lines(src: TextIO, name: str, kind: str | None, base: Path) -> tuple[str, l
     raw = [(i, s) for i, s in raw if s.strip()]
     kind = kind or ("image" if _looks_like_images([s for _, s in raw]) else "text")
     if kind == "image":
-        return kind, [{"path": str((base / s.strip()).resolve()), "source": f"{name}:{i}"} for i, s in raw]
+        return kind, [{"path": str(absolute(base / s.strip())), "source": f"{name}:{i}"} for i, s in raw]
     return kind, [{"text": s, "source": f"{name}:{i}"} for i, s in raw]
 
 
