@@ -201,13 +201,18 @@ def bad_dicoms(tmp_path_factory):
     ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
     ds.save_as(tmp / "mpeg.dcm", enforce_file_format=True)
     write_dicom(tmp / "flat.dcm", np.full((64, 64), 700), bits=12)  # no window in the file: nothing to show
+    raw = bytearray(raw)  # Rows (0028,0010) re-labelled a decimal string 'x': it parses, and fails when read
+    at = raw.find(b"\x28\x00\x10\x00US")
+    raw[at + 4:at + 6], raw[at + 8:at + 10] = b"DS", b"x\x00"
+    (tmp / "garbled.dcm").write_bytes(bytes(raw))
     return tmp
 
 
 REASONS = {"sr.dcm": "DICOM without pixel data (Basic Text SR Storage)", "rgb.dcm": "colour DICOM (RGB)",
            "cine.dcm": "multi-frame DICOM (2 frames)", "cut.dcm": "truncated DICOM",
            "mpeg.dcm": "compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed",
-           "flat.dcm": "flat image (every pixel 700): nothing to window"}
+           "flat.dcm": "flat image (every pixel 700): nothing to window",
+           "garbled.dcm": "unreadable DICOM header (ValueError)"}
 
 
 @pytest.mark.parametrize("name", sorted(REASONS))
@@ -225,7 +230,7 @@ def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_pat
     assert r.exit_code == 0, r.output
     items = [json.loads(x) for x in (tmp_path / "idx" / "items.jsonl").read_text().splitlines()]
     assert [it["path"].rsplit("/", 1)[1] for it in items] == ["good.dcm"]
-    assert "(6 skipped)" in r.output and "flat image" in r.output, r.output
+    assert "(7 skipped)" in r.output and "flat image" in r.output, r.output
     more = tmp_path / "more"  # pretrain: the same files are counted skips, by reason, in summary.json
     more.mkdir()
     for i in range(3):
@@ -237,9 +242,10 @@ def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_pat
                             "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
-    assert data["found"] == 9 and data["usable"] == 5, data
+    assert data["found"] == 10 and data["usable"] == 5, data
     assert sorted(k.split(" (")[0].split(";")[0] for k in data["skipped"]) == sorted(
-        ["DICOM without pixel data", "colour DICOM", "multi-frame DICOM", "truncated DICOM"]), data
+        ["DICOM without pixel data", "colour DICOM", "multi-frame DICOM", "truncated DICOM",
+         "unreadable DICOM header"]), data
     # the MPEG-2 and flat files pass the header check; their pixels fail at decode time: counted as bad images
     r = runner.invoke(app, ["retrieve", "--image", str(bad_dicoms / "rgb.dcm"), "--index", str(tmp_path / "idx")])
     assert isinstance(r.exception, ConvirtError) and "rgb.dcm: cannot read it" in str(r.exception), r.output

@@ -83,7 +83,17 @@ def check(path: str | Path) -> int:
     """Header-only check for validation: the shorter side in pixels, or DicomError with the reason. An uncompressed
     file shorter than its pixel data is caught here; other damage shows when the pixels are decoded."""
     path = Path(path)
-    return _checked(_read(path, "defer"), path)
+    return _check_header(_read(path, "defer"), path)
+
+
+def _check_header(ds, path: Path) -> int:
+    """check() of a header already read; a garbled element (values are converted on access) is a DicomError too."""
+    try:
+        return _checked(ds, path)
+    except DicomError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for a bad value
+        raise DicomError(f"unreadable DICOM header ({type(e).__name__})") from None
 
 
 def _checked(ds, path: Path) -> int:
@@ -108,9 +118,12 @@ def header(path: str | Path) -> tuple[dict[str, str], int | str]:
         ds = _read(path, "defer")
     except DicomError as e:
         return {}, str(e)
-    cols = _columns(ds)
+    try:  # values are converted on access: a garbled element raises here, not at read time
+        cols = _columns(ds)
+    except Exception:  # noqa: BLE001 - metadata is optional; the check below says whether the image is usable
+        cols = {}
     try:
-        return cols, _checked(ds, path)
+        return cols, _check_header(ds, path)
     except DicomError as e:
         return cols, str(e)
 
@@ -134,6 +147,15 @@ def read_gray(path: str | Path, window: str = "auto") -> np.ndarray:
     depth kept until one windowing step (policy `window`, see convirt_cli.torchfree.window), MONOCHROME1 inverted."""
     kind = parse_window(window)[0]
     ds = _read(Path(path), "read")
+    try:
+        return _gray(ds, window, kind)
+    except DicomError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a garbled element (values are converted on access)
+        raise DicomError(f"unreadable DICOM header ({type(e).__name__})") from None
+
+
+def _gray(ds, window: str, kind: str) -> np.ndarray:
     _check_kind(ds)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
