@@ -442,3 +442,16 @@ def test_where_keeps_rows_by_column_and_counts_the_rest(tmp_path):
     assert len(validate_rows(rows[:3], strict=True, where=["view=PA,AP"]).usable) == 2
     with pytest.raises(ConvirtError, match=r"no column 'sex' for --where \(columns: image, text, view\)"):
         validate_rows(rows, where=["sex=F"])
+
+
+def test_image_kinds_show_what_an_archive_holds():
+    """A DICOM export may hold CT slices or lateral views beside the radiographs: counted by value before training."""
+    from convirt_cli.torchfree.data.validate import image_kinds
+
+    rows = [Row(image=Path(f"/x/{i}.dcm"), text="", source=f"d/{i}",
+                columns={"modality": "CT" if i < 5 else "DX", "view": "" if i < 5 else "PA" if i % 2 else "LL",
+                         "body_part": ""}) for i in range(12)]
+    assert image_kinds(rows) == "modality DX 7, CT 5; view blank 5, PA 4, LL 3"
+    assert image_kinds([Row(image=Path("/x/a.png"), text="", source="t.csv:2", columns={"label": "1"})]) == ""
+    seven = [Row(image=Path("/x/a.png"), text="", source="", columns={"view": v}) for v in "abcdefgg"]
+    assert image_kinds(seven) == "view g 2, a 1, b 1, c 1, d 1, e 1 ..."

@@ -38,6 +38,8 @@ class RichReporter:
                            f"test {sp['test']}")
         for source, reason in s["skipped_examples"]:
             self.console.print(f"  [yellow]skip[/] {source}: {reason}")
+        if s.get("image_kinds"):
+            self.console.print(f"[bold]images[/] {s['image_kinds']} (--where COL=V,... keeps some)", highlight=False)
         names = s["labels"]
         shown = ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
         self.console.print(f"[bold]task[/] {s['task']} on {', '.join(s['columns'])}: {shown}")

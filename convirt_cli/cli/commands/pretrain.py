@@ -34,6 +34,8 @@ class RichReporter:
             self.console.print(f"  [yellow]skip[/] {row.source}: {reason} ({row.image.name})")
         if len(v.skipped) > 5:
             self.console.print(f"  ... and {len(v.skipped) - 5} more")
+        if splits.get("kinds"):
+            self.console.print(f"[bold]images[/] {splits['kinds']} (--where COL=V,... keeps some)", highlight=False)
 
     def start(self, total_steps, first_step):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -41,7 +41,7 @@ from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
 from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, join_tables, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
-from convirt_cli.torchfree.data.validate import reason_kind, validate_rows
+from convirt_cli.torchfree.data.validate import image_kinds, reason_kind, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.labels import Labels, check_train_classes, parse_labels, sample_fraction
 from convirt_cli.torchfree.evaluate.metrics import METRICS, PRIMARY, bootstrap_ci, is_better, task_metrics
@@ -164,7 +164,7 @@ def prepare_data(cfg: FinetuneConfig, rep: Reporter) -> tuple[list[Row], Labels,
                "skip_reasons": _count(reason_kind(reason) for _, reason in skipped), "skipped_examples": skipped[:5],
                "splits": {k: len(v) for k, v in splits.items()}, "task": labels.task,
                "labels": labels.names, "columns": labels.columns,
-               "split_by": describe_split(rows, cfg.split_col, cfg.patient_col)}
+               "split_by": describe_split(rows, cfg.split_col, cfg.patient_col), "image_kinds": image_kinds(rows)}
     return rows, labels, splits, summary
 
 

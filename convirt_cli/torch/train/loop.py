@@ -32,7 +32,7 @@ from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
 from convirt_cli.torchfree.data.readers import Row, join_tables, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
-from convirt_cli.torchfree.data.validate import Validation, validate_rows
+from convirt_cli.torchfree.data.validate import Validation, image_kinds, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
 from convirt_cli.torchfree.files import read_json, write_json
 from convirt_cli.torchfree.processes import cpu_workers
@@ -195,7 +195,8 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
                                    workers=cpu_workers(), progress=rep.reading))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
-    rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text})
+    rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text,
+                                                                       "kinds": image_kinds(checked.usable)})
     if len(splits["train"]) < 2:
         raise ConvirtError(f"only {len(splits['train'])} training pairs after the split; need at least 2")
     data = {"found": checked.found, "usable": len(checked.usable), "skipped": dict(checked.reasons()),

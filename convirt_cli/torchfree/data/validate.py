@@ -87,6 +87,21 @@ def check_rows(rows: list[Row], need_text: bool, threads: int = 16, probe: int =
     return out
 
 
+KIND_COLUMNS = ("modality", "view", "body_part")  # a DICOM folder's columns that say what kind of image it is
+
+
+def image_kinds(rows: list[Row]) -> str:
+    """'modality DX 480, CT 2400; view PA 300, LL 50' over the rows' kind columns ('' when they have none): an
+    archive export holding CT slices or lateral views shows it before training, so that --where can leave them out."""
+    parts = []
+    for col in KIND_COLUMNS:
+        counts = Counter(r.columns[col].strip() or "blank" for r in rows if col in r.columns)
+        if counts and set(counts) != {"blank"}:
+            shown = ", ".join(f"{value} {n}" for value, n in counts.most_common(6))
+            parts.append(f"{col} {shown}{' ...' if len(counts) > 6 else ''}")
+    return "; ".join(parts)
+
+
 def parse_where(items: list[str] | tuple[str, ...]) -> dict[str, set[str]]:
     """['view=PA,AP'] -> {'view': {'pa', 'ap'}} (values compared without case)."""
     out: dict[str, set[str]] = {}
