@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ def invoke(*args):
 def labelled(covid_csv: Path) -> list[dict]:
     with covid_csv.open() as f:
         rows = [r for r in csv.DictReader(f) if r["finding"] not in ("", "todo")]
-    return [r | {"path": str((covid_csv.parent / r["image"]).resolve())} for r in rows]
+    return [r | {"path": os.path.abspath(covid_csv.parent / r["image"])} for r in rows]  # as read_rows: links kept
 
 
 def naive_precision(q: np.ndarray, q_lab: str, cands: np.ndarray, c_labs: list[str], k: int) -> float:
