@@ -31,7 +31,7 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
     has_text = bool(rows and text_col and (text_col in rows[0].columns or all(
         c.strip() in rows[0].columns for c in text_col.split(","))))
     if has_text:  # read as pretrain reads them: report files, joined columns
-        rows = read_rows(data, image_col=image_col, text_col=text_col)
+        rows = read_rows(data, image_col=image_col, text_col=text_col, workers=cpu_workers(), progress=progress_bar)
         join_tables(rows, join)
     rows, left = select_rows(rows, where)
     if left:
