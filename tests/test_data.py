@@ -210,6 +210,8 @@ def test_join_adds_per_study_labels_and_a_split_file(tmp_path):
         join_tables(rows, [tmp_path / "other.csv"])
     with pytest.raises(ConvirtError, match=r"--join .*nope.csv: no such file"):
         join_tables(rows, [tmp_path / "nope.csv"])
+    with pytest.raises(ConvirtError, match=r"--join .*: a folder; pass the table file inside it"):
+        join_tables(rows, [tmp_path])
     with pytest.raises(ConvirtError, match=r"--join .*0.png: expected a .csv, .tsv or .jsonl table"):
         join_tables(rows, [tmp_path / "0.png"])
 

@@ -198,7 +198,8 @@ def join_tables(rows: list[Row], tables: list[Path] | tuple[Path, ...], encoding
     for table in tables:
         table = Path(table)
         if not table.is_file():
-            raise ConvirtError(f"--join {table}: no such file")
+            raise ConvirtError(f"--join {table}: " + ("a folder; pass the table file inside it" if table.is_dir() else
+                                                     "no such file"))
         if not table_kind(table):
             raise ConvirtError(f"--join {table}: expected a .csv, .tsv or .jsonl table (or a .gz of one)")
         records = _read_table(table, encoding)
