@@ -354,6 +354,21 @@ def test_a_pacs_export_folder_without_extensions_is_read(dicom_folder, tmp_path)
     assert len(validate_rows(rows).usable) == 3
 
 
+def test_a_table_of_dicoms_gets_their_metadata_beside_its_own_columns(dicom_folder, tmp_path):
+    """MIMIC-CXR's DICOM record list names files and nothing of their views: the DICOM's allow-listed metadata joins
+    the table's columns (the table's own win), so `--where view=PA` and `--label age` work from a table too."""
+    from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.validate import validate_rows
+
+    files = sorted(dicom_folder.rglob("*.dcm"))[:3]
+    (tmp_path / "t.csv").write_text("image,sex\n" + "".join(f"{f},X\n" for f in files) + "gone.dcm,M\n")
+    rows = read_rows(tmp_path / "t.csv", text_col=None)
+    assert [(r.columns["sex"], r.columns["view"], r.columns["age"]) for r in rows] == [
+        ("X", "PA", "30"), ("X", "PA", "30"), ("X", "PA", "30"), ("M", "", "")]
+    v = validate_rows(rows, need_text=False, where=["view=PA"])
+    assert len(v.usable) == 3 and v.reasons() == {"--where view: blank": 1}
+
+
 def test_dicom_headers_in_worker_processes_equal_one_process(dicom_folder, monkeypatch):
     from convirt_cli.torchfree.data import headers
     from convirt_cli.torchfree.data.readers import read_rows

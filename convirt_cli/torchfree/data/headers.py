@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from convirt_cli.torchfree.data.readers import Row
-from convirt_cli.torchfree.dicom import header, is_dicom
+from convirt_cli.torchfree.dicom import ALLOWED_TAGS, header, is_dicom
 from convirt_cli.torchfree.imageio import PLAIN_SUFFIXES
 from convirt_cli.torchfree.processes import ordered_map
 
@@ -19,8 +19,8 @@ PARALLEL_FROM = 2000  # headers; below that a pool's start-up (~0.5 s) costs mor
 
 
 def read_headers(rows: list[Row], columns: bool, workers: int = 1, progress: Progress | None = None) -> None:
-    """Set `image_check` of each DICOM row not yet checked and, with `columns`, its metadata columns (a folder's
-    rows; a table's own columns are kept). `workers` > 1: worker processes (convirt_cli.torchfree.processes: a
+    """Set `image_check` of each DICOM row not yet checked and, with `columns`, its metadata columns where the row
+    has none of that name. `workers` > 1: worker processes (convirt_cli.torchfree.processes: a
     script calling this needs the `__main__` guard)."""
     todo = [r for r in rows if r.image_check is None and r.image.suffix.lower() not in PLAIN_SUFFIXES]
     if not todo:
@@ -34,8 +34,9 @@ def read_headers(rows: list[Row], columns: bool, workers: int = 1, progress: Pro
             continue
         cols, check = result
         row.image_check = check
+        cols = cols or dict.fromkeys(ALLOWED_TAGS, "")  # an unreadable header: blank, so every row has the columns
         if columns:
-            row.columns = cols | row.columns  # a study column set while reading stays
+            row.columns = row.columns | {k: v for k, v in cols.items() if k not in row.columns}  # a table's win
 
 
 def dicom_header(path: Path) -> tuple[dict[str, str], int | str] | None:

@@ -125,20 +125,18 @@ def read_rows(data: str | Path, image_col: str = "image", text_col: str | None =
               workers: int = 1, progress: Progress | None = None) -> list[Row]:
     """All rows of DATA; `text_col=None` reads images only (finetune, embed). `sections` keeps those headed
     sections of each report (e.g. findings, impression); a report with none of them is a skip reason.
-    A folder's DICOMs give their allow-listed metadata as columns (`metadata=False`: not read, for embed), read
-    in `workers` processes when many (headers.py), shown by `progress`."""
+    DICOMs give their allow-listed metadata as columns, beside a table's own (`metadata=False`: not read, for
+    embed), read in `workers` processes when many (headers.py), shown by `progress`."""
     data = Path(data)
     if not data.exists():
         raise ConvirtError(f"{data}: no such file or folder")
     table = find_table(data)
-    if table is None:
-        rows = _read_folder(data, text_col is not None)
-        if metadata:
-            from convirt_cli.torchfree.data.headers import read_headers
+    rows = _read_folder(data, text_col is not None) if table is None else _read_table_rows(table, image_col, text_col,
+                                                                                           encoding)
+    if metadata:  # a table's own columns win over the DICOM's
+        from convirt_cli.torchfree.data.headers import read_headers
 
-            read_headers(rows, columns=True, workers=workers, progress=progress)
-    else:
-        rows = _read_table_rows(table, image_col, text_col, encoding)
+        read_headers(rows, columns=True, workers=workers, progress=progress)
     if sections and text_col is not None:
         for row in rows:
             if row.text.strip() and row.text_problem is None:
