@@ -358,6 +358,7 @@ def test_a_table_of_dicoms_gets_their_metadata_beside_its_own_columns(dicom_fold
     """MIMIC-CXR's DICOM record list names files and nothing of their views: the DICOM's allow-listed metadata joins
     the table's columns (the table's own win), so `--where view=PA` and `--label age` work from a table too."""
     from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.split import describe_split
     from convirt_cli.torchfree.data.validate import validate_rows
 
     files = sorted(dicom_folder.rglob("*.dcm"))[:3]
@@ -367,6 +368,9 @@ def test_a_table_of_dicoms_gets_their_metadata_beside_its_own_columns(dicom_fold
         ("X", "PA", "30"), ("X", "PA", "30"), ("X", "PA", "30"), ("M", "", "")]
     v = validate_rows(rows, need_text=False, where=["view=PA"])
     assert len(v.usable) == 3 and v.reasons() == {"--where view: blank": 1}
+    (tmp_path / "s.csv").write_text("image,subject_id\n" + "".join(f"{f},{i}\n" for i, f in enumerate(files)))
+    rows = read_rows(tmp_path / "s.csv", text_col=None)  # the table's patient column, not the DICOM's hash
+    assert "patient" in rows[0].columns and describe_split(rows, None, None) == "by patient ('subject_id')"
 
 
 def test_dicom_headers_in_worker_processes_equal_one_process(dicom_folder, monkeypatch):

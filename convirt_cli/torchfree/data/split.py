@@ -35,9 +35,11 @@ def detect_columns(rows: list[Row], split_col: str | None, patient_col: str | No
     if split_col is None:
         split_col = next((c for c in SPLIT_COLS if c in cols and all(
             r.columns.get(c, "").strip().lower() in SPLIT_NAMES for r in rows)), None)
-    if patient_col is None and split_col is None:
+    if patient_col is None and split_col is None:  # the first patient column in the row's order: a table's own
+        # comes before the DICOM's hashed PatientID (some de-identified sets give each study a new PatientID)
         key = {_plain(c): c for c in reversed(list(cols))}
-        patient_col = next((key[k] for k in PATIENT_COLS + GROUP_COLS if k in key), None)
+        patient_col = next((c for c in cols if _plain(c) in PATIENT_COLS), None) or next(
+            (key[k] for k in GROUP_COLS if k in key), None)
     return split_col, patient_col
 
 
