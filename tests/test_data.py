@@ -185,7 +185,7 @@ def test_mimic_cxr_jpg_metadata_table_finds_images_and_study_reports(tmp_path):
 def test_join_adds_per_study_labels_and_a_split_file(tmp_path):
     """MIMIC-CXR keeps labels per study (chexpert.csv.gz) and the split per image (split.csv.gz) apart from the image
     table: --join matches each on every column it shares with the rows; ids written as floats still match."""
-    from convirt_cli.torchfree.data.readers import join_tables
+    from convirt_cli.torchfree.data.join import join_tables
 
     for i in range(4):
         _png(tmp_path / f"{i}.png")

@@ -18,7 +18,8 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
                   where: list[str] = (), join: list[Path] = ()):
     """Rows with a label not in `ignore` (and kept by --where) -> (paths, labels, texts or None)."""
     from convirt_cli.cli.progress import note, progress_bar
-    from convirt_cli.torchfree.data.readers import join_tables, read_rows
+    from convirt_cli.torchfree.data.join import join_tables
+    from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.validate import select_rows
     from convirt_cli.torchfree.errors import ConvirtError
     from convirt_cli.torchfree.processes import cpu_workers

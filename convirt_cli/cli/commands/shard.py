@@ -38,7 +38,8 @@ def shard(
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.data.shards import write_shards
     from convirt_cli.torchfree.config import ShardConfig
-    from convirt_cli.torchfree.data.readers import join_tables, read_rows
+    from convirt_cli.torchfree.data.join import join_tables
+    from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.split import describe_split, split_rows
     from convirt_cli.torchfree.data.validate import validate_rows
     from convirt_cli.torchfree.processes import cpu_workers

@@ -39,7 +39,8 @@ from convirt_cli.torch.towers import ImageTower
 from convirt_cli.torch.train.device import autocast, pick_device
 from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
-from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, join_tables, read_rows
+from convirt_cli.torchfree.data.join import join_tables
+from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import image_kinds, reason_kind, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError

@@ -30,7 +30,8 @@ from convirt_cli.torch.train.device import grad_scaler, pick_device
 from convirt_cli.torch.train.distributed import Dist, init_distributed, rank0_time
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
-from convirt_cli.torchfree.data.readers import Row, join_tables, read_rows
+from convirt_cli.torchfree.data.join import join_tables
+from convirt_cli.torchfree.data.readers import Row, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import Validation, image_kinds, validate_rows
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
