@@ -254,3 +254,16 @@ def test_plots_name_their_loss_and_draw_empty_axes_quietly(tmp_path, monkeypatch
                          "metric": "auc"}, tmp_path / "eff.png")
     assert labels[0] == "DINO + iBOT + KoLeo loss"
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("loss.png", "empty.png", "eff.png"))
+
+
+def test_dry_run_checks_the_data_and_writes_nothing(tmp_path):
+    """`--dry-run`: the data summary and the recipe a run would get (the same step budget), then nothing on disk."""
+    from conftest import EXAMPLES
+
+    r = CliRunner().invoke(app, ["pretrain", str(EXAMPLES), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    out = " ".join(r.output.split())
+    assert "pairs found 600, usable 600" in out and "train 422 / val 87" in out
+    # 422 pairs // batch 32 = 13 steps an epoch; the tiny preset's 500 steps at least -> 39 epochs
+    assert "batch size 32 (default), 500 steps = 39 epochs" in out and "dry run: nothing written" in out
+    assert not (tmp_path / "runs").exists()

@@ -127,6 +127,7 @@ class PretrainConfig(DataSettings):
     out: Path | None = None
     name: str | None = None
     resume: bool = False
+    dry_run: bool = False  # read, check and split the data, print the recipe; write nothing
     epochs: Positive = 10
     min_steps: NonNegative = 0  # small data sets get more epochs, up to this many steps
     max_steps: Positive | None = None

@@ -83,6 +83,7 @@ def pretrain(
     out: o.Out = None,
     name: Annotated[str | None, typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its newest readable checkpoint, with its own settings.")] = None,
+    dry_run: Annotated[bool | None, typer.Option("--dry-run", help="Read, check and split the data and print the recipe, then stop: nothing is written (check an archive before GPU hours).")] = None,
     epochs: o.Epochs = None,
     min_steps: Annotated[int | None, typer.Option(help="Raise the epochs on small data sets to reach this many steps (default: the preset's).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,

@@ -268,8 +268,8 @@ def recipe_line(cfg: PretrainConfig, total: int, epochs: int, batch: int) -> str
 
 # ---------------------------------------------------------------- the loop
 
-def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
-    """Train on the pairs in cfg.data; returns the finished run directory.
+def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path | None:
+    """Train on the pairs in cfg.data; returns the finished run directory (None after --dry-run).
 
     Raises Interrupted (after saving a checkpoint) on SIGINT / SIGTERM. A run that fails before its first
     checkpoint leaves no folder behind.
@@ -295,6 +295,8 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
         train_rows, val_rows, min_side, data = prepare_shards(cfg, rep)
     else:
         train_rows, val_rows, min_side, data = prepare_rows(cfg, need_text=need_text, rep=rep)
+    if cfg.dry_run:
+        return dry_run(cfg, len(train_rows), dist, rep)
     created = not run.exists()
     try:
         return _train(cfg, run, train_rows, val_rows, device, dist, rep, min_side, data)
@@ -304,6 +306,17 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path:
         if created and dist.main and not (run / "metrics.jsonl").exists():  # a failed start leaves nothing behind
             shutil.rmtree(run, ignore_errors=True)
         raise
+
+
+def dry_run(cfg: PretrainConfig, n_train: int, dist: Dist, rep: Reporter) -> None:
+    """--dry-run: the recipe the data would get (after the data summary prepare_* printed), and nothing written."""
+    per_rank = n_train // dist.world
+    batch = min(cfg.batch_size * cfg.accum_steps, per_rank)
+    if batch < 2:
+        raise ConvirtError(f"{per_rank} training pairs per process: too few for a contrastive batch")
+    total, epochs = step_budget(cfg, per_rank // batch)
+    rep.note(recipe_line(cfg, total, epochs, batch * dist.world))
+    rep.note("dry run: nothing written; drop --dry-run to train")
 
 
 def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list[Row], device: torch.device,
