@@ -457,3 +457,10 @@ def test_image_kinds_show_what_an_archive_holds():
     assert image_kinds([Row(image=Path("/x/a.png"), text="", source="t.csv:2", columns={"label": "1"})]) == ""
     seven = [Row(image=Path("/x/a.png"), text="", source="", columns={"view": v}) for v in "abcdefgg"]
     assert image_kinds(seven) == "view g 2, a 1, b 1, c 1, d 1, e 1 ..."
+
+
+def test_a_spreadsheet_is_one_line_saying_what_to_do(tmp_path):
+    (tmp_path / "labels.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(ConvirtError, match=r"labels.xlsx: expected a .csv, .tsv or .jsonl file \(or .gz of one\) \(a "
+                                           r"spreadsheet: save it as CSV\)"):
+        read_rows(tmp_path / "labels.xlsx")

@@ -96,8 +96,12 @@ def decode_table(path: Path, encoding: str = "auto") -> tuple[str, str]:
 
 
 def read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
-    text, _ = decode_table(path, encoding)
     kind = table_kind(path)
+    if kind is None:
+        excel = " (a spreadsheet: save it as CSV)" if path.suffix.lower() in (".xlsx", ".xls", ".ods") else ""
+        raise ConvirtError(f"{path}: expected a .csv, .tsv or .jsonl file (or .gz of one){excel}, or a folder of "
+                           "images with .txt files")
+    text, _ = decode_table(path, encoding)
     if kind == "jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), start=1):
@@ -111,13 +115,10 @@ def read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
                 raise ConvirtError(f"{path}:{i}: expected one JSON object per line, got {type(obj).__name__}")
             rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
         return rows
-    if kind in ("csv", "tsv"):
-        try:
-            return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","))
-        except csv.Error as e:
-            raise ConvirtError(f"{path}: not a readable CSV ({e}); check its quoting") from None
-    raise ConvirtError(f"{path}: expected a .csv, .tsv or .jsonl file (or .gz of one), or a folder of images with "
-                       ".txt files")
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","))
+    except csv.Error as e:
+        raise ConvirtError(f"{path}: not a readable CSV ({e}); check its quoting") from None
 
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
