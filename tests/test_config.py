@@ -91,6 +91,7 @@ def test_run_config_records_each_source(tmp_path, monkeypatch):
     (PretrainConfig, {"device": "tpu"}, "--device tpu"),
     (PretrainConfig, {"sections": "findings,1mpression"}, "--sections findings,1mpression: '1mpression' is not a report"),
     (PretrainConfig, {"where": ["view"]}, "--where view: 'view' is not COLUMN=VALUE[,VALUE...]"),
+    (PretrainConfig, {"where": ["!=CT"]}, "--where !=CT: '!=CT' is not COLUMN=VALUE[,VALUE...] or COLUMN!=VALUE"),
     (RetrieveConfig, {"k": 0}, "--k 0: input should be greater than or equal to 1"),
     (RetrieveConfig, {"k": -5}, "--k -5"),
     (FinetuneConfig, {"label_fraction": "0.0,0.5"}, "label fractions must lie in (0, 1]"),

@@ -444,6 +444,9 @@ def test_where_keeps_rows_by_column_and_counts_the_rest(tmp_path):
     assert len(validate_rows(rows[:3], strict=True, where=["view=PA,AP"]).usable) == 2
     with pytest.raises(ConvirtError, match=r"no column 'sex' for --where \(columns: image, text, view\)"):
         validate_rows(rows, where=["sex=F"])
+    (tmp_path / "q.csv").write_text("image,text,modality\na.png,t,DX\nb.png,t,ct\nc.png,t,\n")
+    v = validate_rows(read_rows(tmp_path / "q.csv"), where=["modality!=CT,MR"])  # none of them; blank stays
+    assert [r.image.name for r in v.usable] == ["a.png", "c.png"] and dict(v.reasons()) == {"--where modality: ct": 1}
 
 
 def test_image_kinds_show_what_an_archive_holds():

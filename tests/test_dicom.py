@@ -271,7 +271,7 @@ def dicom_folder(tmp_path_factory):
 def test_dicom_metadata_is_allow_listed(dicom_folder):
     cols = dicom.columns(dicom_folder / "p1" / "004.dcm")
     assert cols == {"patient": dicom.patient_hash(f"{SECRETS['pid']}-1"), "sex": "F", "age": "40", "view": "PA",
-                    "modality": "DX", "body_part": ""}
+                    "modality": "DX", "body_part": "", "presentation": ""}
     assert set(cols) == set(dicom.ALLOWED_TAGS)
 
 

@@ -18,7 +18,7 @@ SplitCol = Annotated[str | None, typer.Option(help="Column with train/val/test v
 PatientCol = Annotated[str | None, typer.Option(help="Column with patient ids for a patient-level split (auto-detected).")]
 ValFraction = Annotated[float | None, typer.Option(help="Fraction of patients held out for validation.")]
 Encoding = Annotated[str | None, typer.Option(help="Text encoding of the table: auto (UTF-8, UTF-16 by BOM, else cp1252) or a name such as latin-1.")]
-Where = Annotated[list[str] | None, typer.Option("--where", help="Keep rows whose COLUMN is one of the values, e.g. view=PA,AP (frontal views; DICOM folders have a view column); repeat for several columns. The rest are counted, not used.")]
+Where = Annotated[list[str] | None, typer.Option("--where", help="Keep rows whose COLUMN is one of the values, e.g. view=PA,AP (frontal views; DICOM folders have a view column), or none of them, e.g. 'modality!=CT'; repeat for several columns. The rest are counted, not used.")]
 Join = Annotated[list[Path] | None, typer.Option("--join", help="A table whose columns join the data's rows on every column the two share, e.g. MIMIC-CXR's per-study labels (mimic-cxr-2.0.0-chexpert.csv.gz) or split file; repeatable.")]
 Strict = Annotated[bool | None, typer.Option("--strict/--no-strict", help="Fail on the first bad row instead of skipping it.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]

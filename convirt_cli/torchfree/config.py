@@ -38,12 +38,12 @@ def check_sections(value: Any) -> list[str]:
 
 
 def check_where(value: Any) -> Any:
-    """--where COL=V1,V2 (repeatable; CONVIRT_WHERE / convirt.toml may join several with ';')."""
+    """--where COL=V1,V2 or COL!=V1,V2 (repeatable; CONVIRT_WHERE / convirt.toml may join several with ';')."""
     items = [v for s in ([value] if isinstance(value, str) else value) for v in str(s).split(";") if v.strip()]
     for item in items:
         col, _, values = item.partition("=")
-        if not col.strip() or not [v for v in values.split(",") if v.strip()]:
-            raise ValueError(f"{item!r} is not COLUMN=VALUE[,VALUE...] (e.g. view=PA,AP)")
+        if not col.removesuffix("!").strip() or not [v for v in values.split(",") if v.strip()]:
+            raise ValueError(f"{item!r} is not COLUMN=VALUE[,VALUE...] or COLUMN!=VALUE[,...] (e.g. view=PA,AP)")
     return items
 
 

@@ -28,6 +28,7 @@ ALLOWED_TAGS: dict[str, str] = {
     "view": "ViewPosition",
     "modality": "Modality",
     "body_part": "BodyPartExamined",
+    "presentation": "PresentationIntentType (FOR PRESENTATION; FOR PROCESSING is raw detector data, not for display)",
 }
 GREY = ("MONOCHROME1", "MONOCHROME2")
 DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
@@ -214,4 +215,5 @@ def _columns(ds) -> dict[str, str]:
     return {"patient": patient_hash(pid) if pid else "", "sex": sex if sex in ("M", "F", "O") else "",
             "age": _age_years(ds), "view": str(ds.get("ViewPosition", "") or "").strip(),
             "modality": str(ds.get("Modality", "") or "").strip(),
-            "body_part": str(ds.get("BodyPartExamined", "") or "").strip()}
+            "body_part": str(ds.get("BodyPartExamined", "") or "").strip(),
+            "presentation": str(ds.get("PresentationIntentType", "") or "").strip()}

@@ -87,7 +87,7 @@ def check_rows(rows: list[Row], need_text: bool, threads: int = 16, probe: int =
     return out
 
 
-KIND_COLUMNS = ("modality", "view", "body_part")  # a DICOM folder's columns that say what kind of image it is
+KIND_COLUMNS = ("modality", "view", "body_part", "presentation")  # a DICOM folder's columns that say what kind of image it is
 
 
 def image_kinds(rows: list[Row]) -> str:
@@ -102,20 +102,23 @@ def image_kinds(rows: list[Row]) -> str:
     return "; ".join(parts)
 
 
-def parse_where(items: list[str] | tuple[str, ...]) -> dict[str, set[str]]:
-    """['view=PA,AP'] -> {'view': {'pa', 'ap'}} (values compared without case)."""
-    out: dict[str, set[str]] = {}
+def parse_where(items: list[str] | tuple[str, ...]) -> dict[str, tuple[set[str], bool]]:
+    """['view=PA,AP', 'modality!=CT'] -> {'view': ({'pa', 'ap'}, True), 'modality': ({'ct'}, False)}: the values
+    (compared without case) and whether a row must hold one of them (=) or none of them (!=)."""
+    out: dict[str, tuple[set[str], bool]] = {}
     for item in items:
         col, _, values = item.partition("=")
-        out.setdefault(col.strip(), set()).update(v.strip().lower() for v in values.split(",") if v.strip())
+        keep = not col.endswith("!")
+        wanted, _ = out.setdefault(col.removesuffix("!").strip(), (set(), keep))
+        wanted.update(v.strip().lower() for v in values.split(",") if v.strip())
     return out
 
 
-def excluded(row: Row, where: dict[str, set[str]]) -> str | None:
+def excluded(row: Row, where: dict[str, tuple[set[str], bool]]) -> str | None:
     """Why --where leaves a row out ('--where view: LATERAL'; a DICOM without the tag: 'blank'), or None."""
-    for col, values in where.items():
+    for col, (values, keep) in where.items():
         value = row.columns.get(col, "").strip()
-        if value.lower() not in values:
+        if (value.lower() in values) != keep:
             return f"--where {col}: {value or 'blank'}"
     return None
 
