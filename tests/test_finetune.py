@@ -452,3 +452,15 @@ def test_finetune_takes_its_labels_from_a_joined_table(covid_csv, tmp_path):
     summary = json.loads((tmp_path / "ft" / "results.json").read_text())["summary"]
     assert summary["usable"] == sum(s in ("F", "M") for _, s in labelled)
     assert summary["skip_reasons"]["no label"] == 60 - summary["usable"]
+
+
+def test_finetune_dry_run_checks_labels_and_split_and_writes_nothing(tmp_path):
+    r = runner.invoke(app, ["finetune", str(EXAMPLES / "pairs.csv"), "--init", "random", "--label", "finding",
+                            "--dry-run", "--out", str(tmp_path / "ft"), "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    out = " ".join(r.output.split())
+    assert "rows found 600, usable 600" in out and "task multiclass on finding" in out and "dry run: nothing" in out
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "runs").exists()
+    r = runner.invoke(app, ["finetune", str(EXAMPLES / "pairs.csv"), "--init", "nope", "--label", "finding",
+                            "--dry-run"])
+    assert isinstance(r.exception, ConvirtError)  # a bad init fails the dry run, as it would fail the run

@@ -234,6 +234,7 @@ class FinetuneConfig(DataSettings):
     out: Path | None = None
     name: str | None = None
     save_models: bool = True
+    dry_run: bool = False  # read, label and split the data, check the inits; write nothing
     plot: bool = True
 
     _split = field_validator("init", "labels", "missing", "label_fraction", mode="before")(

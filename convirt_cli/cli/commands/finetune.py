@@ -43,6 +43,8 @@ class RichReporter:
         names = s["labels"]
         shown = ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
         self.console.print(f"[bold]task[/] {s['task']} on {', '.join(s['columns'])}: {shown}")
+        if s.get("dry_run"):
+            self.console.print("dry run: nothing written; drop --dry-run to run")
 
     def warn(self, message):
         self.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
@@ -111,6 +113,7 @@ def finetune(
     out: o.Out = None,
     name: Annotated[str | None, typer.Option(help="Output folder name under runs/ (default finetune-MODE-timestamp).")] = None,
     save_models: Annotated[bool | None, typer.Option("--save-models/--no-save-models", help="Save each classifier under OUT/models/.")] = None,
+    dry_run: Annotated[bool | None, typer.Option("--dry-run", help="Read, label and split the data and check the inits, then stop: nothing written (classification tasks decode no image).")] = None,
     plot: Annotated[bool | None, typer.Option("--plot/--no-plot", help="Draw data_efficiency.png.")] = None,
     seed: o.Seed = None,
     num_workers: o.NumWorkers = None,

@@ -373,8 +373,9 @@ def out_dir(cfg: FinetuneConfig) -> Path:
     return cfg.runs_dir / (cfg.name or f"finetune-{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
-    """Run the sweep in cfg; returns the output folder (results.json, table.json/csv, plot, models/)."""
+def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | None:
+    """Run the sweep in cfg; returns the output folder (results.json, table.json/csv, plot, models/); None after
+    --dry-run."""
     rep = reporter or NullReporter()
     device = pick_device(cfg.device)
     if cfg.task == "segmentation":
@@ -388,6 +389,9 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path:
     specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]
     baseline = random_model(cfg, specs)
     icfgs = [init_image_config(s, baseline, cfg.image_size) for s in specs]  # fails early on a bad init
+    if cfg.dry_run:  # labels, splits and inits checked; no image decoded, nothing written
+        rep.data_summary(summary | {"dry_run": True})
+        return None
     sizes = list(dict.fromkeys(c.image_size for c in icfgs))
     images: dict[int, np.ndarray] = {}
     images[sizes[0]], bad = decode_images(rows, sizes[0], max(2, cfg.num_workers), cfg.window)
@@ -491,7 +495,7 @@ def load_masks(rows: list[Row], col: str, size: int, base: Path) -> tuple[np.nda
     return out, bad
 
 
-def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device) -> Path:
+def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device) -> Path | None:
     """Per init: frozen patch features once; per (label fraction, seed): the linear segmentation head; test Dice and
     IoU with bootstrap intervals over images; the same table, CSV and plot as the classification sweep."""
     from convirt_cli.torch.segment import dense_features, fit_segmentation_probe, predict_masks
@@ -532,7 +536,9 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
                "splits": {k: len(v) for k, v in splits.items()}, "task": "segmentation",
                "split_by": describe_split(rows, cfg.split_col, cfg.patient_col),
                "labels": [cfg.mask_col], "columns": [cfg.mask_col]}
-    rep.data_summary(summary)
+    rep.data_summary(summary | ({"dry_run": True} if cfg.dry_run else {}))
+    if cfg.dry_run:
+        return None
     train_idx, val_idx, test_idx = splits["train"], splits["val"], splits["test"]
     eval_split, ev_idx = ("test", test_idx) if len(test_idx) else ("val", val_idx)
     out = out_dir(cfg)
