@@ -397,6 +397,7 @@ def test_dicom_folder_pretrain_finetune_embed_leak_nothing(dicom_folder, tmp_pat
     assert r.exit_code == 0, r.output + repr(r.exception)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"]["split"] == "by patient ('patient')", summary["data"]  # the hashed id
+    assert summary["data"]["kinds"] == "modality DX 24; view PA 24", summary["data"]  # what the data held
     assert json.loads((tmp_path / "run" / "model.json").read_text())["image"]["window"] == "minmax"
     r = runner.invoke(app, ["export", str(tmp_path / "run"), "--onnx"])
     assert r.exit_code == 0, r.output

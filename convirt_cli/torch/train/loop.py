@@ -196,12 +196,12 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
                                    workers=cpu_workers(), progress=rep.reading))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
-    rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text,
-                                                                       "kinds": image_kinds(checked.usable)})
+    kinds = image_kinds(checked.usable)
+    rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text, "kinds": kinds})
     if len(splits["train"]) < 2:
         raise ConvirtError(f"only {len(splits['train'])} training pairs after the split; need at least 2")
     data = {"found": checked.found, "usable": len(checked.usable), "skipped": dict(checked.reasons()),
-            "split": by}
+            "split": by, "kinds": kinds}
     return splits["train"], splits["val"], checked.min_side, data
 
 

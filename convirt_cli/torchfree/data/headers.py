@@ -20,8 +20,8 @@ PARALLEL_FROM = 2000  # headers; below that a pool's start-up (~0.5 s) costs mor
 
 def read_headers(rows: list[Row], columns: bool, workers: int = 1, progress: Progress | None = None) -> None:
     """Set `image_check` of each DICOM row not yet checked and, with `columns`, its metadata columns where the row
-    has none of that name. `workers` > 1: worker processes (convirt_cli.torchfree.processes: a
-    script calling this needs the `__main__` guard)."""
+    has none of that name. `workers` > 1: worker processes (convirt_cli.torchfree.processes: a script calling this
+    needs the `__main__` guard)."""
     todo = [r for r in rows if r.image_check is None and r.image.suffix.lower() not in PLAIN_SUFFIXES]
     if not todo:
         return
