@@ -56,10 +56,10 @@ def main() -> None:
         rows = read_rows(root, text_col="text", metadata=False)
         for r in rows:
             r.columns |= dicom.columns(r.image)
-        validate_rows(rows)  # reads each header again: image_check is unset
+        validate_rows(rows)  # reads each header again (check_row): image_check is unset
 
     def one_read(root, workers=1):
-        validate_rows(read_rows(root, text_col="text", workers=workers), workers=workers)
+        validate_rows(read_rows(root, text_col="text", workers=workers))
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "files"

@@ -368,6 +368,12 @@ def test_a_table_of_dicoms_gets_their_metadata_beside_its_own_columns(dicom_fold
         ("X", "PA", "30"), ("X", "PA", "30"), ("X", "PA", "30"), ("M", "", "")]
     v = validate_rows(rows, need_text=False, where=["view=PA"])
     assert len(v.usable) == 3 and v.reasons() == {"--where view: blank": 1}
+    # a joined table's columns come before the DICOM's: its sex wins, and the DICOM's sex is no join key
+    (tmp_path / "labels.csv").write_text("image,sex\n" + "".join(f"{f},F\n" for f in files))  # the DICOMs say M
+    (tmp_path / "u.csv").write_text("image\n" + "".join(f"{f}\n" for f in files))
+    warned = []
+    rows = read_rows(tmp_path / "u.csv", text_col=None, join=[tmp_path / "labels.csv"], warn=warned.append)
+    assert [(r.columns["sex"], r.columns["view"]) for r in rows] == [("F", "PA")] * 3 and warned == []
     (tmp_path / "s.csv").write_text("image,subject_id\n" + "".join(f"{f},{i}\n" for i, f in enumerate(files)))
     rows = read_rows(tmp_path / "s.csv", text_col=None)  # the table's patient column, not the DICOM's hash
     assert "patient" in rows[0].columns and describe_split(rows, None, None) == "by patient ('subject_id')"

@@ -18,27 +18,23 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
                   where: list[str] = (), join: list[Path] = ()):
     """Rows with a label not in `ignore` (and kept by --where) -> (paths, labels, texts or None)."""
     from convirt_cli.cli.progress import note, progress_bar
-    from convirt_cli.torchfree.data.join import join_tables
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.validate import select_rows
     from convirt_cli.torchfree.errors import ConvirtError
     from convirt_cli.torchfree.processes import cpu_workers
 
-    rows = read_rows(data, image_col=image_col, text_col=None, workers=cpu_workers(), progress=progress_bar)
-    for line in join_tables(rows, join):
-        note(f"warning: {line}")
+    rows = read_rows(data, image_col=image_col, text_col=None, workers=cpu_workers(), progress=progress_bar,
+                     join=join, warn=lambda line: note(f"warning: {line}"))
     if rows and label_col not in rows[0].columns:
         raise ConvirtError(f"{data}: no column '{label_col}' (columns: {', '.join(rows[0].columns)}); pass --label-col")
     has_text = bool(rows and text_col and (text_col in rows[0].columns or all(
         c.strip() in rows[0].columns for c in text_col.split(","))))
-    if has_text:  # read as pretrain reads them: report files, joined columns
-        rows = read_rows(data, image_col=image_col, text_col=text_col, workers=cpu_workers(), progress=progress_bar)
-        join_tables(rows, join)
+    if has_text:  # the texts as pretrain reads them (report files, joined columns), onto the same rows in order
+        for row, again in zip(rows, read_rows(data, image_col=image_col, text_col=text_col, metadata=False)):
+            row.text, row.text_problem = again.text, again.text_problem
     rows, left = select_rows(rows, where)
     if left:
         from collections import Counter
-
-        from convirt_cli.cli.progress import note
 
         note(f"--where left out {len(left)} rows: " + ", ".join(f"{n} {r.removeprefix('--where ')}"
                                                              for r, n in Counter(r for _, r in left).items()))
@@ -47,8 +43,6 @@ def load_labelled(data: Path, image_col: str, label_col: str, ignore: list[str],
     for r in rows:  # an image listed twice (once per box or reader) would be its own best match
         first.setdefault(r.image, r)
     if len(first) < len(rows):
-        from convirt_cli.cli.progress import note
-
         note(f"{len(rows) - len(first)} rows name an image an earlier row names: each image is scored once, with "
              "its first row's label")
         rows = list(first.values())

@@ -38,7 +38,6 @@ def shard(
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.data.shards import write_shards
     from convirt_cli.torchfree.config import ShardConfig
-    from convirt_cli.torchfree.data.join import join_tables
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.split import describe_split, split_rows
     from convirt_cli.torchfree.data.validate import validate_rows
@@ -48,11 +47,9 @@ def shard(
     text_col = None if no_text else cfg.text_col
     workers = cfg.workers or cpu_workers()
     rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections, workers=workers,
-                     progress=progress_bar)
-    for line in join_tables(rows, cfg.join, cfg.encoding):
-        note(f"warning: {line}")
+                     progress=progress_bar, join=cfg.join, warn=lambda line: note(f"warning: {line}"))
     checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict, where=cfg.where,
-                            workers=workers, progress=progress_bar)
+                            progress=progress_bar)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     n = sum(len(v) for v in splits.values())
     with progress_bar(f"shard {cfg.data.name}", n, "images") as advance:

@@ -39,7 +39,6 @@ from convirt_cli.torch.towers import ImageTower
 from convirt_cli.torch.train.device import autocast, pick_device
 from convirt_cli.torch.train.schedule import warmup_cosine
 from convirt_cli.torchfree.config import FinetuneConfig
-from convirt_cli.torchfree.data.join import join_tables
 from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row, find_table, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import image_kinds, reason_kind, validate_rows
@@ -140,12 +139,10 @@ def decode_images(rows: list[Row], size: int, workers: int = 2, window: str = "a
 
 def prepare_data(cfg: FinetuneConfig, rep: Reporter) -> tuple[list[Row], Labels, dict[str, np.ndarray], dict]:
     """Read, label, validate and split rows. Returns usable rows, their labels, split -> indices, summary."""
-    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading)
-    for line in join_tables(rows, cfg.join, cfg.encoding):
-        rep.warn(line)
+    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading,
+                     join=cfg.join, warn=rep.warn)
     labels = parse_labels(rows, cfg.labels, cfg.task, cfg.missing)  # bad columns fail before any decoding
-    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, workers=cpu_workers(),
-                            progress=rep.reading)
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, progress=rep.reading)
     skipped: list[tuple[str, str]] = [(r.source, reason) for r, reason in checked.skipped]
     keep = {id(r) for r in checked.usable}
     idx = [i for i, r in enumerate(rows) if id(r) in keep]
@@ -503,14 +500,12 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
 
     if cfg.mode != "linear":
         raise ConvirtError("--task segmentation is a linear probe on frozen patch features; use --mode linear")
-    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading)
-    for line in join_tables(rows, cfg.join, cfg.encoding):
-        rep.warn(line)
+    rows = read_rows(cfg.data, cfg.image_col, None, cfg.encoding, workers=cpu_workers(), progress=rep.reading,
+                     join=cfg.join, warn=rep.warn)
     if rows and cfg.mask_col not in rows[0].columns:
         raise ConvirtError(f"{cfg.data}: no column '{cfg.mask_col}' (columns: {', '.join(rows[0].columns)}); "
                            "pass --mask-col NAME")
-    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, workers=cpu_workers(),
-                            progress=rep.reading)
+    checked = validate_rows(rows, need_text=False, strict=cfg.strict, where=cfg.where, progress=rep.reading)
     rows = checked.usable
     skipped = [(r.source, reason) for r, reason in checked.skipped]
     specs = [resolve_init(s, cfg.runs_dir) for s in cfg.init]

@@ -30,7 +30,6 @@ from convirt_cli.torch.train.device import grad_scaler, pick_device
 from convirt_cli.torch.train.distributed import Dist, init_distributed, rank0_time
 from convirt_cli.torch.train.schedule import Plateau, warmup_cosine
 from convirt_cli.torchfree.config import IMAGE_ONLY, PretrainConfig, apply_recipe
-from convirt_cli.torchfree.data.join import join_tables
 from convirt_cli.torchfree.data.readers import Row, read_rows
 from convirt_cli.torchfree.data.split import describe_split, split_rows
 from convirt_cli.torchfree.data.validate import Validation, image_kinds, validate_rows
@@ -189,11 +188,9 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
     """(train rows, validation rows, the smallest image's shorter side, what was read / skipped / split for
     summary.json)."""
     rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections,
-                     workers=cpu_workers(), progress=rep.reading)
-    for line in join_tables(rows, cfg.join, cfg.encoding):
-        rep.warn(line)
+                     workers=cpu_workers(), progress=rep.reading, join=cfg.join, warn=rep.warn)
     checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict, where=cfg.where,
-                                   workers=cpu_workers(), progress=rep.reading))
+                                   progress=rep.reading))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
     kinds = image_kinds(checked.usable)

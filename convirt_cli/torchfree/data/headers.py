@@ -18,10 +18,10 @@ Progress = Callable[[str, int, str], AbstractContextManager[Callable[[int], None
 PARALLEL_FROM = 2000  # headers; below that a pool's start-up (~0.5 s) costs more than it saves
 
 
-def read_headers(rows: list[Row], columns: bool, workers: int = 1, progress: Progress | None = None) -> None:
-    """Set `image_check` of each DICOM row not yet checked and, with `columns`, its metadata columns where the row
-    has none of that name. `workers` > 1: worker processes (convirt_cli.torchfree.processes: a script calling this
-    needs the `__main__` guard)."""
+def read_headers(rows: list[Row], workers: int = 1, progress: Progress | None = None) -> None:
+    """Set `image_check` of each DICOM row not yet checked and its metadata columns where the row has none of that
+    name. `workers` > 1: worker processes (convirt_cli.torchfree.processes: a script calling this needs the
+    `__main__` guard)."""
     todo = [r for r in rows if r.image_check is None and r.image.suffix.lower() not in PLAIN_SUFFIXES]
     if not todo:
         return
@@ -35,8 +35,7 @@ def read_headers(rows: list[Row], columns: bool, workers: int = 1, progress: Pro
         cols, check = result
         row.image_check = check
         cols = cols or dict.fromkeys(ALLOWED_TAGS, "")  # an unreadable header: blank, so every row has the columns
-        if columns:
-            row.columns = row.columns | {k: v for k, v in cols.items() if k not in row.columns}  # a table's win
+        row.columns = row.columns | {k: v for k, v in cols.items() if k not in row.columns}  # a table's win
 
 
 def dicom_header(path: Path) -> tuple[dict[str, str], int | str] | None:

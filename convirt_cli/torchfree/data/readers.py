@@ -12,6 +12,7 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,21 +124,29 @@ def read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
               encoding: str = "auto", sections: list[str] | tuple[str, ...] = (), metadata: bool = True,
-              workers: int = 1, progress: Progress | None = None) -> list[Row]:
+              workers: int = 1, progress: Progress | None = None, join: list[Path] | tuple[Path, ...] = (),
+              warn: Callable[[str], None] = lambda line: None) -> list[Row]:
     """All rows of DATA; `text_col=None` reads images only (finetune, embed). `sections` keeps those headed
-    sections of each report (e.g. findings, impression); a report with none of them is a skip reason.
-    DICOMs give their allow-listed metadata as columns, beside a table's own (`metadata=False`: not read, for
-    embed), read in `workers` processes when many (headers.py), shown by `progress`."""
+    sections of each report (e.g. findings, impression); a report with none of them is a skip reason. `join`:
+    tables whose columns join the rows (join.py; `warn` hears how many rows each left unmatched).
+    DICOMs give their allow-listed metadata as columns, beside the table's own and joined ones, which win
+    (`metadata=False`: not read, for embed), read in `workers` processes when many (headers.py), shown by
+    `progress`."""
     data = Path(data)
     if not data.exists():
         raise ConvirtError(f"{data}: no such file or folder")
     table = find_table(data)
     rows = _read_folder(data, text_col is not None) if table is None else _read_table_rows(table, image_col, text_col,
                                                                                            encoding)
-    if metadata:  # a table's own columns win over the DICOM's
+    if join:  # before the DICOM's columns, which must neither become join keys nor hide a joined column
+        from convirt_cli.torchfree.data.join import join_tables
+
+        for line in join_tables(rows, join, encoding):
+            warn(line)
+    if metadata:
         from convirt_cli.torchfree.data.headers import read_headers
 
-        read_headers(rows, columns=True, workers=workers, progress=progress)
+        read_headers(rows, workers=workers, progress=progress)
     if sections and text_col is not None:
         for row in rows:
             if row.text.strip() and row.text_problem is None:

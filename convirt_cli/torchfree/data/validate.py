@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from convirt_cli.torchfree.data.headers import Progress, read_headers
+from convirt_cli.torchfree.data.headers import Progress
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.imageio import PLAIN_SUFFIXES
@@ -87,7 +87,7 @@ def check_rows(rows: list[Row], need_text: bool, threads: int = 16, probe: int =
     return out
 
 
-KIND_COLUMNS = ("modality", "view", "body_part", "presentation")  # a DICOM folder's columns that say what kind of image it is
+KIND_COLUMNS = ("modality", "view", "body_part", "presentation")  # the DICOM columns that say what an image is
 
 
 def image_kinds(rows: list[Row]) -> str:
@@ -141,16 +141,13 @@ def select_rows(rows: list[Row], where: list[str] | tuple[str, ...]) -> tuple[li
 
 
 def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
-                  where: list[str] | tuple[str, ...] = (), workers: int = 1,
-                  progress: Progress | None = None) -> Validation:
+                  where: list[str] | tuple[str, ...] = (), progress: Progress | None = None) -> Validation:
     """Usable rows, and the others counted by reason: left out by --where (not an error, even with --strict),
-    or unusable (missing or unreadable image, empty text...). DICOM headers not read yet are read in `workers`
-    processes when many (headers.py)."""
+    or unusable (missing or unreadable image, empty text...)."""
     v = Validation(found=len(rows), usable=[])
     rows, v.skipped = select_rows(rows, where)
     left_out = len(v.skipped)
-    read_headers(rows, columns=False, workers=workers, progress=progress)
-    big = sum(r.image_check is None for r in rows) >= BAR_FROM  # DICOM rows were checked with their headers
+    big = sum(r.image_check is None for r in rows) >= BAR_FROM  # DICOMs were checked with their headers (read_rows)
     bar = progress("checking images", len(rows), "rows") if progress and big else nullcontext(None)
     with bar as advance:
         reasons = check_rows(rows, need_text, advance=advance or (lambda n: None))
