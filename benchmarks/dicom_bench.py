@@ -62,7 +62,7 @@ def rate(fn, paths: list[Path], threads: int = 1, rounds: int = 2) -> float:
 
 
 def decode(files: dict[str, list[Path]], size: int) -> dict:
-    from convirt_cli.torchfree import dicom
+    from convirt_cli.torchfree.formats import dicom
     from convirt_cli.torchfree.imageio import load_gray
 
     cpus = os.cpu_count() or 1

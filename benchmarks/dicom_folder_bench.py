@@ -47,9 +47,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
 
-    from convirt_cli.torchfree import dicom
     from convirt_cli.torchfree.data.readers import read_rows
     from convirt_cli.torchfree.data.validate import validate_rows
+    from convirt_cli.torchfree.formats import dicom
     from convirt_cli.torchfree.processes import cpu_workers
 
     def before(root):

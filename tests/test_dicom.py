@@ -13,10 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from convirt_cli.cli.main import app
-from convirt_cli.torchfree import dicom
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.imageio import load_gray
-from convirt_cli.torchfree.window import (
+from convirt_cli.torchfree.formats import dicom
+from convirt_cli.torchfree.formats.window import (
     FlatImage,
     dicom_linear,
     parse_window,
@@ -24,6 +23,7 @@ from convirt_cli.torchfree.window import (
     to_uint8,
     to_unit,
 )
+from convirt_cli.torchfree.imageio import load_gray
 
 pydicom = pytest.importorskip("pydicom")
 from conftest import COVID
@@ -321,7 +321,7 @@ def test_a_dicom_folder_reads_each_header_once(dicom_folder, monkeypatch):
     rows = read_rows(dicom_folder, text_col=None, progress=progress)
     v = validate_rows(rows, need_text=False, progress=progress)
     assert reads.n == 24 and len(v.usable) == 24 and v.min_side == 96
-    assert shown == [["DICOM headers", 24, 24]]  # one bar, advanced to its end; none for validation
+    assert shown == [["image headers", 24, 24]]  # one bar, advanced to its end; none for validation
     pngs = read_rows(COVID, text_col=None)[:30]
     validate_rows(pngs, need_text=False, progress=progress)
     assert shown[1:] == [["checking images", 30, 30]]  # other images: their headers are read while checking

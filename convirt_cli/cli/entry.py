@@ -59,6 +59,16 @@ def _bool(v: Any) -> bool:
     raise Decline
 
 
+def _slices(v: Any) -> str:
+    from convirt_cli.torchfree.formats.slices import parse_slices
+
+    try:
+        parse_slices(_text(v))
+    except ValueError:
+        raise Decline from None
+    return v.strip()
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in choices:
@@ -85,6 +95,7 @@ RETRIEVE: dict[str, Field] = {
     "format": Field(("--format", "-f"), "value", _choice("table", "jsonl", "csv", "paths", "html"), "table"),
     "out": Field(("--out", "-o"), "value", _path, None),
     "exact": Field(("--exact",), "flag", _bool, False),
+    "slices": Field(("--slices",), "value", _slices, "middle"),
     "model": Field(("--model", "-m"), "value", _text, None),
     "backend": Field(("--backend",), "value", _choice("auto", "onnx", "torch"), "auto"),
     "device": Field(("--device",), "value", _choice("auto", "cpu", "cuda"), "auto"),

@@ -30,8 +30,12 @@ NumWorkers = Annotated[int | None, typer.Option(help="DataLoader worker processe
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
 ImageSize = Annotated[int | None, typer.Option(help="Square input size in pixels (default: the preset's).")]
 Window = Annotated[str | None, typer.Option(
-    help="High-bit-depth grey levels (DICOM, 16-bit PNG/TIFF) to 8 bits: auto (the file's window, else the "
-         "0.5-99.5 percentiles) | minmax | percentile:LO,HI | fixed:C,W. Kept by the run and its export.")]
+    help="High-bit-depth grey levels (DICOM, NIfTI, 16-bit PNG/TIFF) to 8 bits: auto (the file's window, else the "
+         "0.5-99.5 percentiles) | minmax | percentile:LO,HI | fixed:C,W | a CT window in HU: lung (1500/-600), "
+         "mediastinum (350/50), soft-tissue (400/40), bone (2500/480), brain (80/40). Kept by the run and its export.")]
+Slices = Annotated[str | None, typer.Option(
+    help="Volumes (NIfTI): which axial slices become images, each an item with its index: middle (default) | all | "
+         "every:N.")]
 RunsDir = Annotated[Path | None, typer.Option(help="Where runs live (default runs/).")]
 ServeModel = Annotated[str | None, typer.Option("--model", "-m", help="Run directory or ONNX export folder (default: the latest run).")]
 Backend = Annotated[str | None, typer.Option(help="auto (ONNX when an export matches, else torch) | onnx | torch")]

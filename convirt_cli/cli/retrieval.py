@@ -45,7 +45,7 @@ def retrieve(cfg: Any) -> None:
         raise ConvirtError(f"{idx.path} was built by another model (fingerprint {idx.meta['fingerprint']}, "
                            f"{idx.meta.get('model')}); {encoder.path} is {encoder.fingerprint}. Re-embed with "
                            "this model or pass the index's --model")
-    q, qs = encode_queries(encoder, texts, images)
+    q, qs = encode_queries(encoder, texts, images, cfg.slices)
     results = search(idx, q, qs, cfg.k, cfg.exact)
     note(f"{len(qs)} queries x {idx.count} items ({idx.path}) with {encoder.backend} on {encoder.device_used}"
          f" ({encoder.path})")
@@ -77,10 +77,13 @@ def _table(results: list[dict]) -> None:
         console.width = 200
     for r in results:
         q = r["query"]
-        table = Table(title=f"query: {q.get('text', q.get('path'))}", title_justify="left")
+        at = "" if q.get("slice") is None else f" (slice {q['slice']})"
+        table = Table(title=f"query: {q.get('text', q.get('path'))}{at}", title_justify="left")
         for col in ("rank", "score", "id", "item"):
             table.add_column(col)
         for h in r["hits"]:
             it = h["item"]
-            table.add_row(str(h["rank"]), f"{h['score']:.4f}", str(it["id"]), it.get("path") or it.get("text", "")[:120])
+            item = it.get("path") or it.get("text", "")[:120]
+            table.add_row(str(h["rank"]), f"{h['score']:.4f}", str(it["id"]),
+                          item if it.get("slice") is None else f"{item} (slice {it['slice']})")
         console.print(table)

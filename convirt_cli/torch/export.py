@@ -200,7 +200,7 @@ def run_images(model, run: Path, n: int, seed: int = 1) -> np.ndarray | None:
         order = np.random.default_rng(seed).permutation(len(rows))
         for i in order:
             try:
-                grays.append(load_gray(rows[i].image, im.image_size, im.window))
+                grays.append(load_gray(rows[i].image, im.image_size, im.window, rows[i].slice))
             except (OSError, ValueError):
                 continue
             if len(grays) >= n:

@@ -48,9 +48,16 @@ def check_where(value: Any) -> Any:
 
 
 def check_window(value: str) -> str:
-    from convirt_cli.torchfree.window import parse_window
+    from convirt_cli.torchfree.formats.window import parse_window
 
     parse_window(value)
+    return value.strip()
+
+
+def check_slices(value: str) -> str:
+    from convirt_cli.torchfree.formats.slices import parse_slices
+
+    parse_slices(value)
     return value.strip()
 
 
@@ -138,9 +145,10 @@ class PretrainConfig(DataSettings):
     warmup_steps: NonNegative | None = None  # None: 5% of the run
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     image_size: ImageSize | None = None  # None: the preset's
-    # high-bit-depth grey levels -> 8 bits: auto | minmax | percentile:LO,HI | fixed:C,W (None: the preset's);
-    # carried by the run and its export
+    # high-bit-depth grey levels -> 8 bits: auto | minmax | percentile:LO,HI | fixed:C,W | a named CT window such as
+    # lung (None: the preset's); carried by the run and its export
     window: str | None = None
+    slices: str = "middle"  # volumes (NIfTI): which axial slices become images: middle | all | every:N
     tau: Annotated[float, Field(gt=0, le=10)] | None = None
     lam: Annotated[float, Field(ge=0, le=1)] | None = None
     checkpoint_every: NonNegative = 0  # steps; 0: at the end of every epoch
@@ -156,6 +164,7 @@ class PretrainConfig(DataSettings):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
     _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
     _sections = field_validator("sections", mode="before")(classmethod(lambda cls, v: check_sections(v)))
 
 
@@ -171,8 +180,10 @@ class ShardConfig(DataSettings):
     per_shard: Positive = 1000
     max_side: Annotated[int, Field(ge=16)] | None = None  # downscale larger images once (later epochs skip it)
     window: str = "auto"  # DICOM / high-bit images are stored as windowed 8-bit PNG
+    slices: str = "middle"  # volumes: which axial slices become samples (as pretrain's)
     workers: Positive | None = None  # processes decoding and encoding images; None: one per CPU core
     _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
     _sections = field_validator("sections", mode="before")(classmethod(lambda cls, v: check_sections(v)))
 
 
@@ -293,9 +304,11 @@ class EmbedConfig(ServeSettings):
     append: bool = False
     image_col: str = "image"
     text_col: str = "text"
+    slices: str = "middle"  # volumes: which axial slices become items (each with its slice index)
     # one of N contiguous parts of INPUT (a job array, several GPUs or machines); `index merge` joins them
     num_shards: Positive = 1
     shard_index: NonNegative = 0
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
 
     @model_validator(mode="after")
     def _shard(self) -> EmbedConfig:
@@ -319,6 +332,8 @@ class RetrieveConfig(ServeSettings):
     format: Literal["table", "jsonl", "csv", "paths", "html"] = "table"
     out: Path | None = None  # html: write here instead of stdout
     exact: bool = False  # ignore a FAISS index
+    slices: str = "middle"  # an --image volume: which axial slices are queries
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
 
 
 class IndexBuildConfig(Config):

@@ -32,7 +32,7 @@ class ImageTowerConfig(_Strict):
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
     in_chans: int = 3
-    # how high-bit-depth grey levels (DICOM, 16-bit PNG/TIFF) become 8-bit input: see torchfree/window.py
+    # how high-bit-depth grey levels (DICOM, NIfTI, 16-bit PNG/TIFF) become 8-bit input: see torchfree/formats/window.py
     window: str = "auto"
 
     @field_validator("window")

@@ -21,6 +21,7 @@ def embed(
     shard_index: Annotated[int | None, typer.Option(help="Which part to embed, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID).")] = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
+    slices: o.Slices = None,
     batch_size: o.BatchSize = None,
     device: o.Device = None,
     threads: o.Threads = None,
@@ -40,7 +41,7 @@ def embed(
 
     cfg = resolve(EmbedConfig, **flags)
     console = Console(stderr=True)
-    kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col)
+    kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col, slices=cfg.slices)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     lo, hi = part_bounds(len(items), cfg.num_shards, cfg.shard_index)
     title = f"embed {kind_}s ({encoder.backend})" + (f", part {cfg.shard_index} of {cfg.num_shards}"

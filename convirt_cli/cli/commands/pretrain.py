@@ -95,6 +95,7 @@ def pretrain(
     grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm (0: off).")] = None,
     image_size: o.ImageSize = None,
     window: o.Window = None,
+    slices: o.Slices = None,
     tau: Annotated[float | None, typer.Option(help="Temperature (default: the preset's, 0.1).")] = None,
     lam: Annotated[float | None, typer.Option(help="Weight of the image->text loss (default 0.75).")] = None,
     seed: o.Seed = None,

@@ -23,6 +23,7 @@ def retrieve(
     format: Annotated[str | None, typer.Option("--format", "-f", help="table | jsonl | csv | paths | html")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="html: write the gallery here instead of stdout.")] = None,
     exact: Annotated[bool | None, typer.Option("--exact", help="Exact search even when the index has a FAISS index.")] = None,
+    slices: o.Slices = None,
     model: o.ServeModel = None,
     backend: o.Backend = None,
     device: o.Device = None,

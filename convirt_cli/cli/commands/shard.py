@@ -16,6 +16,7 @@ def shard(
     per_shard: Annotated[int | None, typer.Option(help="Samples per tar shard (default 1000).")] = None,
     max_side: Annotated[int | None, typer.Option(help="Downscale images whose longer side is larger, once (stored as PNG).")] = None,
     window: o.Window = None,
+    slices: o.Slices = None,
     workers: Annotated[int | None, typer.Option(help="Processes decoding and encoding images (default: one per CPU core).")] = None,
     image_col: o.ImageCol = None,
     text_col: o.TextCol = None,
@@ -47,7 +48,8 @@ def shard(
     text_col = None if no_text else cfg.text_col
     workers = cfg.workers or cpu_workers()
     rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections, workers=workers,
-                     progress=progress_bar, join=cfg.join, warn=lambda line: note(f"warning: {line}"))
+                     progress=progress_bar, join=cfg.join, warn=lambda line: note(f"warning: {line}"),
+                     slices=cfg.slices)
     checked = validate_rows(rows, need_text=text_col is not None, strict=cfg.strict, where=cfg.where,
                             progress=progress_bar)
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
@@ -56,7 +58,7 @@ def shard(
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
                             cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped,
                             workers=cfg.workers, sections=cfg.sections if text_col else (), where=cfg.where,
-                            join=[str(p) for p in cfg.join])
+                            join=[str(p) for p in cfg.join], slices=cfg.slices)
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

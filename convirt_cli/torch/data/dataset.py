@@ -38,7 +38,7 @@ class PairDataset(Dataset):
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         try:
-            arr = load_gray(self.rows[i].image, self.size, self.window)
+            arr = load_gray(self.rows[i].image, self.size, self.window, self.rows[i].slice)
         except Exception:  # noqa: BLE001 - any decoder failure means: skip and count this file
             return None
         if self.cache is not None:

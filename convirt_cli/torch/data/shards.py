@@ -45,7 +45,7 @@ def is_shard_source(data: str | Path) -> bool:
 def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_side: int | None, window: str,
                  on_row=None, skipped: list[tuple[Row, str]] = (), workers: int | None = None,
                  sections: list[str] | tuple[str, ...] = (), where: list[str] | tuple[str, ...] = (),
-                 join: list[str] | tuple[str, ...] = ()) -> dict:
+                 join: list[str] | tuple[str, ...] = (), slices: str = "middle") -> dict:
     """Write each split's rows as shards under `out`; returns shards.json (written last: a folder without it is
     an unfinished write). `skipped`: rows validation already set aside, counted with those that fail here.
     `workers`: processes decoding and encoding (None: one per CPU core); the shards are the same for any number."""
@@ -56,8 +56,8 @@ def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_si
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)
     meta: dict = {"format": "convirt-shards/1", "per_shard": per_shard, "max_side": max_side, "window": window,
-                  "sections": list(sections), "where": list(where), "join": list(join), "splits": {}, "skipped": {},
-                  "skipped_examples": []}
+                  "sections": list(sections), "where": list(where), "join": list(join), "slices": slices, "splits": {},
+                  "skipped": {}, "skipped_examples": []}
     for row, reason in skipped:
         meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
     meta["skipped_examples"] = [[row.source, reason] for row, reason in list(skipped)[:5]]

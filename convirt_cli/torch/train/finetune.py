@@ -128,7 +128,7 @@ def decode_images(rows: list[Row], size: int, workers: int = 2, window: str = "a
 
     def one(i: int) -> None:
         try:
-            out[i, 0] = load_gray(rows[i].image, size, window)
+            out[i, 0] = load_gray(rows[i].image, size, window, rows[i].slice)
         except Exception:  # noqa: BLE001 - any decode failure means a skipped, counted image
             bad.append(i)
 
@@ -171,10 +171,10 @@ def one_row_per_image(rows: list[Row], y: np.ndarray, idx: list[int]) -> tuple[l
     an image once per box (RSNA Pneumonia) or per reader (VinDr-CXR): a repeat would count twice in the test metrics
     and, split by image, could sit in train and test at once. The first row's labels stay; a repeat whose labels
     differ says so."""
-    first: dict[Path, int] = {}
+    first: dict[tuple[Path, int | None], int] = {}
     kept, dropped = [], []
     for i in idx:
-        j = first.setdefault(rows[i].image, i)
+        j = first.setdefault((rows[i].image, rows[i].slice), i)
         if j == i:
             kept.append(i)
         else:

@@ -135,10 +135,10 @@ def resolve_config(cfg: PretrainConfig, run: Path | None) -> PretrainConfig:
 
 def dedupe(v: Validation) -> Validation:
     """An (image, report) pair given twice would be its own negative in a contrastive batch: keep the first."""
-    seen: dict[tuple[Path, str], str] = {}
+    seen: dict[tuple[Path, int | None, str], str] = {}
     usable = []
     for r in v.usable:
-        key = (r.image, r.text.strip())
+        key = (r.image, r.slice, r.text.strip())
         if key in seen:
             v.skipped.append((r, f"duplicate pair (of {seen[key]})"))
         else:
@@ -166,8 +166,8 @@ def prepare_shards(cfg: PretrainConfig, rep: Reporter):
             raise ConvirtError(f"--{key} {' '.join(wanted)}: these shards hold what was chosen when they were written "
                                f"({held}); pass --{key} to `convirt shard` instead")
     rep.note(f"shards: train {len(train)} samples in {len(train.urls)} shards, val {len(val)}; written with "
-             f"max side {meta.get('max_side')}, window {meta.get('window')}; {sum(meta.get('skipped', {}).values())} "
-             "skipped when written")
+             f"max side {meta.get('max_side')}, window {meta.get('window')}, slices {meta.get('slices', 'middle')}; "
+             f"{sum(meta.get('skipped', {}).values())} skipped when written")
     data = {"found": len(train) + len(val) + sum(meta.get("skipped", {}).values()), "usable": len(train) + len(val),
             "skipped": meta.get("skipped", {}), "split": "decided by `convirt shard`", "shards": len(train.urls)}
     return train, val, None, data
@@ -188,7 +188,7 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
     """(train rows, validation rows, the smallest image's shorter side, what was read / skipped / split for
     summary.json)."""
     rows = read_rows(cfg.data, cfg.image_col, cfg.text_col if need_text else None, cfg.encoding, cfg.sections,
-                     workers=cpu_workers(), progress=rep.reading, join=cfg.join, warn=rep.warn)
+                     workers=cpu_workers(), progress=rep.reading, join=cfg.join, warn=rep.warn, slices=cfg.slices)
     checked = dedupe(validate_rows(rows, need_text=need_text, strict=cfg.strict, where=cfg.where,
                                    progress=rep.reading))
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)

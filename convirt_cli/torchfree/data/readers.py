@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING
 
 from convirt_cli.torchfree.data.text import join_parts, report_sections
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.formats import format_of, image_suffixes, matched_suffix
 
 if TYPE_CHECKING:
     from convirt_cli.torchfree.data.headers import Progress
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
-# suffixes never read as images (other files are, when they carry the DICOM marker)
+# suffixes never read as images (files of other names are, when a format's magic test knows them: the DICOM marker)
 NOT_IMAGES = {".txt", ".csv", ".tsv", ".jsonl", ".json", ".md", ".xml", ".html", ".htm", ".pdf", ".log", ".zip",
               ".gz", ".tar", ".npy", ".npz", ".py", ".toml", ".yaml", ".yml", ".xlsx", ".xls", ".docx"}
 TABLE_NAMES = ("pairs.csv", "pairs.jsonl", "manifest.csv", "manifest.jsonl")
-SLASHED_SUFFIXES = (*IMAGE_SUFFIXES, ".txt")  # cells that are paths (a report's prose may hold a backslash)
 MAX_SCAN = 2_000_000  # paths looked at to find bare image names (MIMIC-CXR-JPG has ~0.4 M files)
 
 
@@ -39,7 +38,8 @@ class Row:
     source: str  # "file:row" for messages
     columns: dict[str, str] = field(default_factory=dict)
     text_problem: str | None = None  # why the text is unusable, found while reading (a skip reason)
-    image_check: int | str | None = None  # a DICOM header's check, when read with its metadata (headers.py)
+    image_check: int | str | None = None  # the image's check when read with its header (headers.py, volumes.py)
+    slice: int | None = None  # which axial slice of a volume (NIfTI) this row is (volumes.py); None: a 2-D image
 
 
 def find_table(data: Path) -> Path | None:
@@ -125,13 +125,13 @@ def read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
               encoding: str = "auto", sections: list[str] | tuple[str, ...] = (), metadata: bool = True,
               workers: int = 1, progress: Progress | None = None, join: list[Path] | tuple[Path, ...] = (),
-              warn: Callable[[str], None] = lambda line: None) -> list[Row]:
+              warn: Callable[[str], None] = lambda line: None, slices: str = "middle") -> list[Row]:
     """All rows of DATA; `text_col=None` reads images only (finetune, embed). `sections` keeps those headed
     sections of each report (e.g. findings, impression); a report with none of them is a skip reason. `join`:
     tables whose columns join the rows (join.py; `warn` hears how many rows each left unmatched).
     DICOMs give their allow-listed metadata as columns, beside the table's own and joined ones, which win
     (`metadata=False`: not read, for embed), read in `workers` processes when many (headers.py), shown by
-    `progress`."""
+    `progress`. A volume (NIfTI) gives one row per slice that policy `slices` picks (volumes.py)."""
     data = Path(data)
     if not data.exists():
         raise ConvirtError(f"{data}: no such file or folder")
@@ -143,6 +143,9 @@ def read_rows(data: str | Path, image_col: str = "image", text_col: str | None =
 
         for line in join_tables(rows, join, encoding):
             warn(line)
+    from convirt_cli.torchfree.data.volumes import expand_volumes
+
+    rows = expand_volumes(rows, slices)
     if metadata:
         from convirt_cli.torchfree.data.headers import read_headers
 
@@ -166,9 +169,10 @@ def _read_table_rows(table: Path, image_col: str, text_col: str | None, encoding
     if image_col is not None and image_col not in cols:
         raise ConvirtError(f"{table}: no column '{image_col}' (columns: {', '.join(cols)}); pass --image-col NAME")
     no_text = [c for c in text_cols if c is not None and c not in cols]
+    slashed = (*image_suffixes(), ".txt")  # cells that are paths (a report's prose may hold a backslash)
     for r in records:  # tables written on Windows name images\\0001.png
         for col in (image_col, *text_cols):
-            if col and "\\" in (r.get(col) or "") and r[col].strip().lower().endswith(SLASHED_SUFFIXES):
+            if col and "\\" in (r.get(col) or "") and r[col].strip().lower().endswith(slashed):
                 r[col] = r[col].replace("\\", "/")
     first = [r.get(image_col) or "" for r in records[:20]] if image_col else []
     base = image_base(table, first)
@@ -240,13 +244,14 @@ def images_by_name(folder: Path, names: list[str]) -> dict[str, Path] | None:
     is then a missing image, never a guess). None when the first names are not bare or most are not found."""
     if not names or any(Path(n).name != n for n in names if n):
         return None
-    stems = not any(Path(n).suffix.lower() in IMAGE_SUFFIXES for n in names if n)
+    stems = not any(matched_suffix(n) for n in names if n)
     found: dict[str, Path | None] = {}
     for n, p in enumerate(folder.rglob("*")):
         if n >= MAX_SCAN:  # a table of wrong names in a home folder must not walk the whole disk
             return None
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            key = p.stem if stems else p.name
+        suffix = matched_suffix(p.name)
+        if suffix:
+            key = p.name[: -len(suffix)] if stems else p.name
             found[key] = None if key in found else p
     index = {k: v for k, v in found.items() if v is not None}
     return index if sum(n in index for n in names if n) * 2 > len([n for n in names if n]) else None
@@ -266,25 +271,24 @@ def _text(value: str, base: Path) -> tuple[str, str | None]:
 
 
 def folder_images(folder: Path) -> list[Path]:
-    """Image files under folder, sorted: by suffix, and DICOMs without one (PACS and CD exports name files
-    IM000001 or by their UID, 1.2.840...: found by the DICM marker; the DICOMDIR index is no image)."""
-    found = []
-    for p in folder.rglob("*"):
-        suffix = p.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            found.append(p)
-        elif suffix not in NOT_IMAGES and not p.name.startswith(".") and p.name.upper() != "DICOMDIR":
-            from convirt_cli.torchfree.dicom import is_dicom
+    """Image files under folder, sorted: by a format's suffix, and files a format's magic test knows (PACS and CD
+    exports name DICOMs IM000001 or by their UID, 1.2.840...: found by the DICM marker; the DICOMDIR index is no
+    image)."""
+    return sorted(p for p in folder.rglob("*") if matched_suffix(p.name) or _unnamed_image(p))
 
-            if p.is_file() and is_dicom(p):  # reads 132 bytes (of regular files: a pipe would block)
-                found.append(p)
-    return sorted(found)
+
+def _unnamed_image(p: Path) -> bool:
+    """A file whose name says nothing (no known suffix) that a format's magic test knows: reads a few bytes, of
+    regular files only (a pipe would block)."""
+    return p.suffix.lower() not in NOT_IMAGES and not p.name.startswith(".") and p.name.upper() != "DICOMDIR" and \
+        p.is_file() and format_of(p) is not None
 
 
 def report_beside(image: Path, root: Path) -> Path | None:
     """The report file of an image that has none in a table: its own NAME.txt, else its study folder's (MIMIC-CXR
     keeps s123.txt beside the folder s123/), never one of root itself."""
-    own = image.with_suffix(".txt") if image.suffix.lower() in IMAGE_SUFFIXES else image.with_name(image.name + ".txt")
+    suffix = matched_suffix(image.name)  # ct.nii.gz -> ct.txt; IM000001 -> IM000001.txt
+    own = image.with_name((image.name[: -len(suffix)] if suffix else image.name) + ".txt")
     study = [image.parent.with_name(image.parent.name + ".txt")] if image.parent not in (root, absolute(root)) else []
     return next((t for t in [own, *study] if t.is_file()), None)
 

@@ -1,6 +1,7 @@
 """One table row -> one WebDataset sample for `convirt shard` (convirt_cli.torch.data.shards.write_shards): the
 image decoded in full (a file that would fail in training fails here and is counted), downscaled or windowed to
-an 8-bit PNG when asked, else its own bytes. Torch-free, so the worker processes that do this start fast."""
+an 8-bit PNG when asked (and always for DICOM, 16-bit images and slices of volumes), else its own bytes.
+Torch-free, so the worker processes that do this start fast."""
 
 from __future__ import annotations
 
@@ -13,32 +14,28 @@ from itertools import islice
 from PIL import Image
 
 from convirt_cli.torchfree.data.readers import Row
-from convirt_cli.torchfree.imageio import HIGH_BIT_MODES, open_gray
+from convirt_cli.torchfree.formats import ImageError, reading
+from convirt_cli.torchfree.imageio import open_gray
 from convirt_cli.torchfree.processes import process_pool
-
-RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
-           ".webp": "webp", ".gif": "gif"}
 
 
 def sample(row: Row, key: int, max_side: int | None, window: str) -> dict:
     """One row -> a WebDataset sample; raises for an image that does not decode (counted by the caller)."""
-    im = open_gray(row.image, window)  # decodes fully: a file that would fail in training fails here
-    suffix = row.image.suffix.lower()
+    im = open_gray(row.image, window, slice=row.slice)  # decodes fully: a file that would fail in training fails here
     too_big = bool(max_side) and max(im.size) > max_side
-    raw = suffix in RAW_EXT and not too_big and window == "auto"  # else the bytes would skip the window
+    fmt = reading(row.image)
+    # the file's own bytes where shards decode them as they are (8-bit PNG, JPEG...); else the window would be skipped
+    raw = fmt.raw(row.image) if fmt.raw and row.slice is None and not too_big and window == "auto" else None
     if raw:
-        with Image.open(row.image) as probe:
-            raw = probe.mode not in HIGH_BIT_MODES  # 16-bit files are stored windowed, like DICOM
-    if raw:
-        ext, data = RAW_EXT[suffix], row.image.read_bytes()
+        ext, data = raw
     else:
         if too_big:
             im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         ext, data = "png", buf.getvalue()
-    return {"__key__": f"{key:09d}", ext: data, "txt": row.text.encode("utf-8"),
-            "json": json.dumps({"source": row.source, "columns": row.columns}).encode("utf-8")}
+    about = {"source": row.source, "columns": row.columns} | ({"slice": row.slice} if row.slice is not None else {})
+    return {"__key__": f"{key:09d}", ext: data, "txt": row.text.encode("utf-8"), "json": json.dumps(about).encode("utf-8")}
 
 
 def encode(job: tuple[Row, int, int | None, str]) -> tuple[dict | None, str | None]:
@@ -46,7 +43,7 @@ def encode(job: tuple[Row, int, int | None, str]) -> tuple[dict | None, str | No
     try:
         return sample(*job), None
     except Exception as e:  # noqa: BLE001 - any decode failure is a counted skip, as in pretrain
-        return None, str(e) if type(e).__name__ == "DicomError" else "unreadable image"
+        return None, str(e) if isinstance(e, ImageError) else "unreadable image"
 
 
 def encoded(jobs: list, workers: int) -> Iterator[tuple[dict | None, str | None]]:

@@ -9,12 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from convirt_cli.torchfree.data.headers import Progress
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.imageio import PLAIN_SUFFIXES
+from convirt_cli.torchfree.formats import ImageError, check_image
 
 
 @dataclass
@@ -42,19 +40,14 @@ def check_row(row: Row, need_text: bool) -> str | int:
         return row.text_problem
     if need_text and not row.text.strip():
         return "empty text"
-    if row.image_check is not None:  # read with the metadata (headers.py)
+    if row.image_check is not None:  # read with the metadata (headers.py) or the volume's header (volumes.py)
         return row.image_check
-    if row.image.suffix.lower() not in PLAIN_SUFFIXES:
-        from convirt_cli.torchfree import dicom
-
-        if dicom.is_dicom(row.image):
-            try:
-                return dicom.check(row.image)  # header only, like the PIL check below
-            except dicom.DicomError as e:
-                return str(e)
     try:
-        with Image.open(row.image) as im:  # reads the header only: cheap, catches non-images
-            return min(im.size)
+        return check_image(row.image)  # the header only, by the file's format: cheap, catches non-images
+    except ImageError as e:
+        return str(e)
+    except ConvirtError:  # a reader missing (pip install ...): one line, not a skip per file
+        raise
     except Exception:  # noqa: BLE001 - any decoder failure means: not a usable image
         return "unreadable image"
 

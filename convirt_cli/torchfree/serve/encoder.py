@@ -28,13 +28,18 @@ def is_export_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file() and (Path(path) / "image.onnx").is_file()
 
 
-def decode_images(paths: Sequence[str | Path], size: int, pool: Executor | None = None, window: str = "auto"):
+# an image input: a path, or (path, slice index) for a slice of a volume (None: a 2-D image)
+ImageRef = str | Path | tuple[str | Path, int | None]
+
+
+def decode_images(paths: Sequence[ImageRef], size: int, pool: Executor | None = None, window: str = "auto"):
     """Paths -> (uint8 [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
     from convirt_cli.torchfree.imageio import load_gray
 
     def one(p):
+        path, k = p if isinstance(p, tuple) else (p, None)
         try:
-            return load_gray(p, size, window), None
+            return load_gray(path, size, window, k), None
         except Exception as e:  # noqa: BLE001 - any decode failure is a skip, named in the summary
             return None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
@@ -45,7 +50,7 @@ def decode_images(paths: Sequence[str | Path], size: int, pool: Executor | None 
     return arr, ok, bad
 
 
-def encode_image_paths(paths: Sequence[str | Path], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
+def encode_image_paths(paths: Sequence[ImageRef], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
                        batch_size: int = 64, on_progress: Progress | None = None):
     """Images -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`, [(index, reason)] skipped)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -166,7 +171,7 @@ class OnnxEncoder:
             self._tokenizer = Tokenizer(self.path, self.pre)
         return self._tokenizer(texts)
 
-    def encode_images(self, paths: Sequence[str | Path], batch_size: int = 64, on_progress: Progress | None = None):
+    def encode_images(self, paths: Sequence[ImageRef], batch_size: int = 64, on_progress: Progress | None = None):
         return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Progress | None = None,

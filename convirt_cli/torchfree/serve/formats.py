@@ -1,4 +1,5 @@
-"""Retrieval results as jsonl / csv / paths / html text: stable columns, one record per hit."""
+"""Retrieval results as jsonl / csv / paths / html text: stable columns, one record per hit. `slice` and
+`query_slice`: the axial slice of a volume (NIfTI) hit or query, blank for 2-D images."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import io
 import json
 
-FIELDS = ["query", "query_kind", "rank", "score", "id", "path", "text", "source"]
+FIELDS = ["query", "query_kind", "rank", "score", "id", "path", "text", "source", "slice", "query_slice"]
 
 
 def records(results: list[dict]):
@@ -16,7 +17,8 @@ def records(results: list[dict]):
             it = h["item"]
             yield {"query": q.get("text", q.get("path")), "query_kind": "text" if "text" in q else "image",
                    "rank": h["rank"], "score": round(h["score"], 6), "id": it["id"], "path": it.get("path"),
-                   "text": it.get("text"), "source": it.get("source")}
+                   "text": it.get("text"), "source": it.get("source"), "slice": it.get("slice"),
+                   "query_slice": q.get("slice")}
 
 
 def to_jsonl(results: list[dict]) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 from convirt_cli.torchfree.imageio import open_gray
 
 
-def thumbnail_data_uri(path: str | Path, size: int = 160) -> str | None:
+def thumbnail_data_uri(path: str | Path, size: int = 160, slice: int | None = None) -> str | None:
     try:
-        im = open_gray(path, draft=size)  # DICOM and 16-bit images too, through the default window
+        im = open_gray(path, draft=size, slice=slice)  # DICOM, NIfTI and 16-bit images too, the default window
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=80)
@@ -21,10 +21,16 @@ def thumbnail_data_uri(path: str | Path, size: int = 160) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _name(item: dict) -> str:
+    """An image item's file name, and its slice for a slice of a volume."""
+    name = Path(item["path"]).name
+    return name if item.get("slice") is None else f"{name} slice {item['slice']}"
+
+
 def _card(item: dict, score: float, rank: int) -> str:
-    label = html.escape(Path(item["path"]).name if "path" in item else item.get("text", "")[:200])
+    label = html.escape(_name(item) if "path" in item else item.get("text", "")[:200])
     if "path" in item:
-        uri = thumbnail_data_uri(item["path"])
+        uri = thumbnail_data_uri(item["path"], slice=item.get("slice"))
         media = f'<img src="{uri}" alt="{label}">' if uri else '<div class="missing">image unavailable</div>'
     else:
         media = f'<div class="text">{label}</div>'
@@ -39,8 +45,9 @@ def render(results: list[dict], title: str = "convirt retrieve") -> str:
     for r in results:
         q = r["query"]
         if "path" in q:
-            uri = thumbnail_data_uri(q["path"])
-            head = (f'<img class="query" src="{uri}" alt="query">' if uri else "") + html.escape(q["path"])
+            uri = thumbnail_data_uri(q["path"], slice=q.get("slice"))
+            head = (f'<img class="query" src="{uri}" alt="query">' if uri else "") + html.escape(
+                q["path"] + ("" if q.get("slice") is None else f" slice {q['slice']}"))
         else:
             head = "&ldquo;" + html.escape(q["text"]) + "&rdquo;"
         cards = "".join(_card(h["item"], h["score"], i + 1) for i, h in enumerate(r["hits"]))

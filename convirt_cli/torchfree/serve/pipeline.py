@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convirt_cli.torchfree.data.readers import IMAGE_SUFFIXES
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.formats import matched_suffix
 from convirt_cli.torchfree.serve.index import (
     REBUILD,
     Index,
@@ -50,7 +50,8 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
             raise ConvirtError(f"--append: {out} holds {old.meta['kind']} embeddings; these inputs are {kind}")
     base = next_id(out) if append else lo
     if kind == "image":
-        emb, ok, bad = encoder.encode_images([it["path"] for it in items], batch_size=batch_size, on_progress=on_progress)
+        emb, ok, bad = encoder.encode_images([(it["path"], it.get("slice")) for it in items], batch_size=batch_size,
+                                             on_progress=on_progress)
     else:
         ok = [i for i, it in enumerate(items) if it["text"].strip()]
         bad = [(i, it.get("problem") or "empty text") for i, it in enumerate(items) if not it["text"].strip()]
@@ -77,24 +78,30 @@ def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool =
 
 
 def split_queries(lines: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Lines of a --queries file: image paths (by suffix) vs texts."""
-    images = [s for s in lines if Path(s).suffix.lower() in IMAGE_SUFFIXES]
+    """Lines of a --queries file: image paths (by a format's suffix) vs texts."""
+    images = [s for s in lines if matched_suffix(s)]
     return [s for s in lines if s not in images], images
 
 
-def encode_queries(encoder, texts: Sequence[str], images: Sequence[str]) -> tuple[np.ndarray, list[dict]]:
-    """-> ([Q, d] unit rows, [{text} | {path}]) texts first, then images."""
+def encode_queries(encoder, texts: Sequence[str], images: Sequence[str],
+                   slices: str = "middle") -> tuple[np.ndarray, list[dict]]:
+    """-> ([Q, d] unit rows, [{text} | {path [, slice]}]) texts first, then images (a volume: the slices that
+    policy `slices` picks, one query each)."""
+    from convirt_cli.torchfree.data.volumes import volume_slices
+
     parts, queries = [], []
     if texts:
         parts.append(encoder.encode_texts(list(texts)))
         queries += [{"text": t} for t in texts]
     if images:
-        emb, _, bad = encoder.encode_images([str(p) for p in images])
+        refs = [(str(Path(p).resolve()), k) for p in images for k in volume_slices(p, slices)]
+        emb, _, bad = encoder.encode_images(refs)
         if bad:
             i, reason = bad[0]
-            raise ConvirtError(f"query image {images[i]}: cannot read it ({reason})")
+            at = "" if refs[i][1] is None else f" slice {refs[i][1]}"
+            raise ConvirtError(f"query image {refs[i][0]}{at}: cannot read it ({reason})")
         parts.append(emb)
-        queries += [{"path": str(Path(p).resolve())} for p in images]
+        queries += [{"path": p} | ({} if k is None else {"slice": k}) for p, k in refs]
     if not queries:
         raise ConvirtError("no query: pass --query TEXT, --image PATH or --queries FILE|-")
     return np.concatenate(parts).astype(np.float32), queries

@@ -17,9 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from convirt_cli.torchfree.window import FlatImage, lut_friendly, parse_window, stored_to_uint8, to_uint8
+from convirt_cli.torchfree.formats.table import Format, ImageError, register_format
+from convirt_cli.torchfree.formats.window import (
+    FlatImage,
+    lut_friendly,
+    parse_window,
+    stored_to_uint8,
+    to_uint8,
+)
 
-DICOM_SUFFIXES = {".dcm", ".dicom"}
+DICOM_SUFFIXES = (".dcm", ".dicom")
 # output column -> the DICOM keyword it comes from (PatientID only as a one-way hash)
 ALLOWED_TAGS: dict[str, str] = {
     "patient": "PatientID (SHA-256, first 16 hex digits; never the raw id)",
@@ -34,15 +41,12 @@ GREY = ("MONOCHROME1", "MONOCHROME2")
 DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
 
 
-class DicomError(ValueError):
+class DicomError(ImageError):
     """A DICOM that cannot become a model input; str() is the reason a skip or a refusal names."""
 
 
-def is_dicom(path: str | Path) -> bool:
-    """A .dcm/.dicom suffix, or the 'DICM' marker at byte 128 (DICOM files often have no extension)."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
+def has_marker(path: str | Path) -> bool:
+    """The 'DICM' marker at byte 128: DICOM files often have no extension (PACS exports: IM000001, 1.2.840...)."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -143,9 +147,14 @@ def file_window(ds) -> tuple[float, float] | None:
     return (c, w) if w > 0 else None
 
 
+def read(path: Path, window: str, slice: int | None, draft: int | None) -> np.ndarray:
+    """The format table's reader (formats/table.py): one grey image, so no slice; no reduced-scale decoding."""
+    return read_gray(path, window)
+
+
 def read_gray(path: str | Path, window: str = "auto") -> np.ndarray:
     """A grey DICOM -> uint8 [H, W] at full resolution: modality LUT (rescale slope / intercept), the stored bit
-    depth kept until one windowing step (policy `window`, see convirt_cli.torchfree.window), MONOCHROME1 inverted."""
+    depth kept until one windowing step (policy `window`, see formats/window.py), MONOCHROME1 inverted."""
     kind = parse_window(window)[0]
     ds = _read(Path(path), "read")
     try:
@@ -217,3 +226,7 @@ def _columns(ds) -> dict[str, str]:
             "modality": str(ds.get("Modality", "") or "").strip(),
             "body_part": str(ds.get("BodyPartExamined", "") or "").strip(),
             "presentation": str(ds.get("PresentationIntentType", "") or "").strip()}
+
+
+FORMAT = register_format(Format("dicom", DICOM_SUFFIXES, read, check=check, magic=has_marker, header=header,
+                                columns=tuple(ALLOWED_TAGS)))

@@ -1,4 +1,4 @@
-"""Windowing: a high-bit-depth grey image (12-16-bit DICOM, 16-bit PNG/TIFF) -> the model's 8-bit input range.
+"""Windowing: a high-bit-depth grey image (12-16-bit DICOM, NIfTI, 16-bit PNG/TIFF) -> the model's 8-bit input range.
 
 One policy per model, chosen at pretrain time and carried by the run (model.json) and the export
 (preprocess.json), so training, torch embedding and the onnxruntime path see the same pixels:
@@ -7,6 +7,8 @@ One policy per model, chosen at pretrain time and carried by the run (model.json
   minmax           the image's own minimum and maximum (RAD-DINO's conversion)
   percentile:LO,HI those percentiles of the image
   fixed:C,W        one window for every image (centre C, width W in the file's units after the modality LUT)
+  lung, mediastinum, soft-tissue, bone, brain
+                   the CT windows viewers preset (CT_WINDOWS): fixed windows in Hounsfield units
 Values outside the window clip to black / white.
 """
 
@@ -14,18 +16,27 @@ from __future__ import annotations
 
 import numpy as np
 
-POLICIES = ("auto", "minmax", "percentile:LO,HI", "fixed:C,W")
+from convirt_cli.torchfree.formats.table import ImageError
+
+# name -> (centre, width) in HU, as the common viewers preset them (the file's units after the modality LUT)
+CT_WINDOWS: dict[str, tuple[float, float]] = {"lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0),
+                                              "soft-tissue": (40.0, 400.0), "bone": (480.0, 2500.0),
+                                              "brain": (40.0, 80.0)}
+POLICIES = ("auto", "minmax", "percentile:LO,HI", "fixed:C,W", *CT_WINDOWS)
 
 
-class FlatImage(ValueError):
+class FlatImage(ImageError):
     """Every pixel has the same value: a window would show it all black; skipped, never fed as a black image."""
 AUTO_PERCENTILES = (0.5, 99.5)
 _SAMPLE = 512  # percentiles from a strided sample of at most ~512 x 512 pixels: a 2048^2 image costs 1/16
 
 
 def parse_window(spec: str) -> tuple[str, tuple[float, float]]:
-    """'percentile:1,99' -> ('percentile', (1.0, 99.0)). ValueError with the accepted forms otherwise."""
+    """'percentile:1,99' -> ('percentile', (1.0, 99.0)); 'lung' -> ('fixed', (-600.0, 1500.0)). ValueError with the
+    accepted forms otherwise."""
     kind, _, args = spec.strip().partition(":")
+    if kind in CT_WINDOWS and not args:
+        return "fixed", CT_WINDOWS[kind]
     if kind in ("auto", "minmax") and not args:
         return kind, (0.0, 0.0)
     if kind in ("percentile", "fixed") and args:
@@ -100,7 +111,7 @@ def stored_to_uint8(stored: np.ndarray, spec: str, file_window: tuple[float, flo
     """The same result as to_uint8(stored * slope + intercept, ...), through a lookup table over the stored
     integer levels: one indexing pass instead of several float passes over a 2048 x 2048 image."""
     lo, hi = int(stored.min()), int(stored.max())
-    if lo == hi and not (spec.strip().startswith("fixed") or (spec.strip() == "auto" and (file_window or eight_bit))):
+    if lo == hi and not (parse_window(spec)[0] == "fixed" or (spec.strip() == "auto" and (file_window or eight_bit))):
         raise FlatImage(f"flat image (every pixel {lo * slope + intercept:g}): nothing to window")
     levels = np.arange(lo, hi + 1, dtype=np.float64) * slope + intercept
     sample = _sample(stored).astype(np.float64) * slope + intercept

@@ -1,0 +1,63 @@
+"""Plain image files through Pillow: PNG, JPEG, BMP, TIFF, GIF, WebP, and any other file no format claims.
+
+8-bit images are used as they are (under `auto`); 16-bit PNG and 16-bit / float TIFF keep their depth until the
+window policy maps them to 8 bits once, so nothing is clipped by a plain 8-bit conversion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from convirt_cli.torchfree.formats.table import Format, ImageError, register_format
+from convirt_cli.torchfree.formats.window import lut_friendly, stored_to_uint8, to_uint8
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# the WebDataset extension a shard stores a file's own bytes under (shards decode these as they are)
+RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
+           ".webp": "webp", ".gif": "gif"}
+
+
+def read(path: Path, window: str, slice: int | None, draft: int | None) -> np.ndarray:
+    """The image -> uint8 [H, W] (EXIF orientation applied); `draft`: a JPEG may decode at a reduced scale."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        if im.mode in HIGH_BIT_MODES:
+            values = np.asarray(ImageOps.exif_transpose(im))
+            if lut_friendly(values):
+                return stored_to_uint8(values, window)
+            return to_uint8(values, window)
+        if draft:
+            im.draft("L", (draft, draft))
+        gray = np.asarray(ImageOps.exif_transpose(im).convert("L"))
+    return gray if window == "auto" else to_uint8(gray, window, eight_bit=True)
+
+
+def check(path: Path) -> int:
+    """The shorter side from the header alone (cheap; catches files that are no image)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return min(im.size)
+    except Exception:  # noqa: BLE001 - any decoder failure means: not a usable image
+        raise ImageError("unreadable image") from None
+
+
+def raw(path: Path) -> tuple[str, bytes] | None:
+    """An 8-bit file under a suffix shards decode: its own bytes; 16-bit files are stored windowed instead."""
+    from PIL import Image
+
+    ext = RAW_EXT.get(path.suffix.lower())
+    if ext is None:
+        return None
+    with Image.open(path) as probe:
+        if probe.mode in HIGH_BIT_MODES:
+            return None
+    return ext, path.read_bytes()
+
+
+FORMAT = register_format(Format("plain", SUFFIXES, read, check=check, raw=raw))
