@@ -62,6 +62,10 @@ class _Volume:
         self.axial = next(i for i, (axis, _) in enumerate(self.ornt) if axis == 2)
         self.slices = self.shape[self.axial]
         self.side = min(n for i, n in enumerate(self.shape) if i != self.axial)
+        if not path.name.lower().endswith(".gz"):  # a .nii cut short: found from its size, before any voxel is read
+            need = int(self.img.dataobj.offset) + int(np.prod(self.shape)) * dtype.itemsize
+            if path.stat().st_size < need:
+                raise ImageError(f"truncated NIfTI ({path.stat().st_size} bytes, the voxels need {need})")
 
     def plane(self, voxels: np.ndarray, k: int) -> np.ndarray:
         """Axial slice k (RAS order) of the voxel array -> [H, W] as a viewer shows it."""
@@ -80,15 +84,11 @@ class _Volume:
 
 
 def volume(path: Path) -> tuple[int, int]:
-    """(axial slices, shorter side of a slice) from the header; a truncated .nii is found here by its size."""
+    """(axial slices, shorter side of a slice) from the header (a truncated .nii is found by its size)."""
     vol = _Volume(path)
     if vol.side < 2:
         raise ImageError(f"NIfTI whose axial slices are {vol.side} voxel wide (shape "
                          f"{'x'.join(map(str, vol.shape))}): not an axial image")
-    if not path.name.lower().endswith(".gz"):
-        need = int(vol.img.dataobj.offset) + int(np.prod(vol.img.shape)) * vol.img.get_data_dtype().itemsize
-        if path.stat().st_size < need:
-            raise ImageError(f"truncated NIfTI ({path.stat().st_size} bytes, the voxels need {need})")
     return vol.slices, vol.side
 
 
