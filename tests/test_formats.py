@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 
 from convirt_cli.cli.main import app
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.formats import Format, ImageError, register_format, unregister_format
+from convirt_cli.torchfree.formats import (
+    Format,
+    ImageError,
+    formats,
+    image_suffixes,
+    register_format,
+    unregister_format,
+)
 from convirt_cli.torchfree.formats.slices import parse_slices, pick_slices
 from convirt_cli.torchfree.formats.window import CT_WINDOWS, parse_window, stored_to_uint8, to_uint8
 
@@ -79,6 +86,7 @@ def test_a_format_registered_in_a_test_is_read_checked_trained_on_and_embedded(t
     from convirt_cli.torchfree.data.validate import validate_rows
     from convirt_cli.torchfree.imageio import load_gray
 
+    assert [f.name for f in formats()] == ["dicom", "nifti", "plain", "toy"] and ".toy" in image_suffixes()
     rows = read_rows(toys / "toys", text_col=None)
     assert [r.image.name for r in rows] == ["a.toy", "b.toy", "broken.toy", "c.TOY", "scan0001"]
     v = validate_rows(rows, need_text=False)

@@ -75,10 +75,6 @@ def formats() -> list[Format]:
     return list(_FORMATS.values())
 
 
-def get_format(name: str) -> Format:
-    return _FORMATS[name]
-
-
 def image_suffixes() -> tuple[str, ...]:
     """Every suffix a format claims ('.png', '.dcm', '.nii.gz', ...), longest first."""
     return _SUFFIXES
