@@ -14,7 +14,7 @@ from conftest import EXAMPLES
 from typer.testing import CliRunner
 
 from convirt_cli.cli.main import app
-from convirt_cli.torch.data.multicrop import MultiCropParams, batch_masks, block_mask, multicrop
+from convirt_cli.torch.data.multicrop import MultiCropParams, batch_masks, block_mask, block_shape, multicrop
 from convirt_cli.torch.dino import DINOHead, Student, ema_update, load_head, make_teacher
 from convirt_cli.torch.model import create_model
 from convirt_cli.torch.objectives.dino import crop_params
@@ -115,6 +115,21 @@ def test_block_masks_hit_their_ratio_on_their_share_of_images():
     assert (grid & neighbours).sum() >= 0.8 * grid.sum()
 
 
+def test_mask_ratios_are_drawn_within_their_bins_and_blocks_stay_inside_the_grid():
+    """DINOv2's collate: the i-th masked crop's ratio is uniform within the i-th bin of (0.1, 0.5), not its left edge;
+    MaskingGenerator: a block is strictly smaller than the grid both ways."""
+    side, seen = 20, []
+    for seed in range(40):  # 4 crops, 2 masked: one ratio within (0.1, 0.3), the other within (0.3, 0.5)
+        counts = sorted(batch_masks(4, side, side, (0.1, 0.5), 0.5, np.random.default_rng(seed)).numpy().sum(1))
+        assert counts[:2] == [0, 0] and 40 <= counts[2] <= 120 <= counts[3] <= 200
+        seen += counts[2:]
+    assert len(set(seen)) > 20  # spread within the bins: the left edges alone would give {40, 120}
+    rng = np.random.default_rng(4)
+    shapes = [block_shape(4, 6, 12, rng) for _ in range(2000)]
+    fits = [s for s in shapes if s is not None]
+    assert fits and all(bh < 4 and bw < 6 for bh, bw in fits)
+
+
 def test_multicrop_views():
     images = torch.randint(0, 256, (3, 1, 80, 80), dtype=torch.uint8)
     p = MultiCropParams(global_size=64, local_size=32, n_local=4)
@@ -150,7 +165,11 @@ def test_dino_head_logits_are_cosines_and_a_released_head_loads(tmp_path):
     torch.manual_seed(0)
     head = DINOHead(16, 50, hidden=32, bottleneck=8)
     logits = head(torch.randn(10, 16) * 100)
-    assert logits.abs().max() <= 1.0 + 1e-5  # unit prototypes . unit bottleneck
+    assert logits.abs().max() <= 1.0 + 1e-5  # unit prototypes . unit bottleneck, the norm starting at 1
+    g = head.last_layer.parametrizations.weight.original0
+    assert g.requires_grad and any(p is g for p in head.last_layer_params())  # DINOv2 trains it (v1 froze it)
+    groups = vit_param_groups(head, lr=1.0, weight_decay=0.04, depth=0)
+    assert [grp["weight_decay"] for grp in groups if any(p is g for p in grp["params"])] == [0.04]  # and decays it
     # DINOv2's layout (weight_g / weight_v, a prefix): what microsoft/rad-dino's dino_head.safetensors holds
     other = DINOHead(16, 50, hidden=32, bottleneck=8)
     state = {}

@@ -22,7 +22,8 @@ HEAD_FILE = "dino_head.safetensors"
 
 class DINOHead(nn.Module):
     """MLP (Linear-GELU x (layers - 1), Linear to the bottleneck) -> L2 normalise -> weight-normalised prototypes
-    (no bias, norm fixed at 1, as DINO's norm_last_layer): logits are cosines with the K prototypes."""
+    (no bias). As in DINOv2 (dinov2/layers/dino_head.py), the prototypes' norm g starts at 1 and is trained; DINO v1's
+    norm_last_layer froze it. Logits are g_k times the cosine with prototype k."""
 
     def __init__(self, in_dim: int, prototypes: int, hidden: int = 2048, bottleneck: int = 256, layers: int = 3):
         super().__init__()
@@ -38,15 +39,14 @@ class DINOHead(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, prototypes, bias=False))
-        g = self.last_layer.parametrizations.weight.original0
-        g.data.fill_(1.0)
-        g.requires_grad_(False)
+        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, eps=1e-6))
 
     def last_layer_params(self) -> list[nn.Parameter]:
-        return [p for p in self.last_layer.parameters() if p.requires_grad]
+        """The prototypes (direction and norm): what DINOv2 keeps frozen for the first epoch."""
+        return list(self.last_layer.parameters())
 
 
 def load_head(head: DINOHead, path: Path) -> None:

@@ -54,36 +54,47 @@ def two_views(images: torch.Tensor, g: torch.Generator, aug: AugmentParams | Non
     return [augment(images, g, aug), augment(images, g, aug)]
 
 
-def block_mask(h: int, w: int, n_mask: int, rng: np.random.Generator, min_block: int = 4,
-               aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> np.ndarray:
-    """iBOT's block masking: rectangles of random area and log-uniform aspect ratio, each adding at most what is left,
-    until n_mask of the h x w patches are masked (or the attempts run out). -> bool [h, w]."""
+def block_shape(h: int, w: int, most: float, rng: np.random.Generator, min_block: int = 4,
+                aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> tuple[int, int] | None:
+    """One of DINOv2's mask rectangles: an area uniform between min_block and `most`, a log-uniform aspect ratio;
+    None when it does not fit strictly inside the h x w grid (DINOv2 never masks a whole row or column in one block)."""
+    area = rng.uniform(min_block, most) if most > min_block else most
+    ar = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])))
+    bh, bw = round(float(np.sqrt(area * ar))), round(float(np.sqrt(area / ar)))
+    return (bh, bw) if 1 <= bh < h and 1 <= bw < w else None
+
+
+def block_mask(h: int, w: int, n_mask: int, rng: np.random.Generator, max_block: float | None = None) -> np.ndarray:
+    """iBOT's block masking (DINOv2's MaskingGenerator): rectangles (block_shape) of at most max_block patches
+    (DINOv2: half the grid), each adding at most what is left, until n_mask of the h x w patches are masked (or the
+    attempts run out). -> bool [h, w]."""
     mask = np.zeros((h, w), bool)
-    log_lo, log_hi = np.log(aspect[0]), np.log(aspect[1])
+    cap = 0.5 * h * w if max_block is None else max_block
     for _ in range(10 * h * w):
         left = n_mask - int(mask.sum())
         if left <= 0:
             break
-        area = rng.uniform(min(min_block, left), left) if left > min_block else left
-        ar = np.exp(rng.uniform(log_lo, log_hi))
-        bh, bw = round(float(np.sqrt(area * ar))), round(float(np.sqrt(area / ar)))
-        if not (1 <= bh <= h and 1 <= bw <= w):
+        most = min(left, cap)
+        shape = block_shape(h, w, most, rng)
+        if shape is None:
             continue
-        top, lft = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
-        block = mask[top:top + bh, lft:lft + bw]
+        top, lft = rng.integers(0, h - shape[0] + 1), rng.integers(0, w - shape[1] + 1)
+        block = mask[top:top + shape[0], lft:lft + shape[1]]
         new = block.size - int(block.sum())
-        if 0 < new <= left:  # never more than is left to mask
+        if 0 < new <= most:  # never more than is left to mask, nor more than one block may add
             block[...] = True
     return mask
 
 
 def batch_masks(n: int, h: int, w: int, ratio: tuple[float, float], probability: float,
                 rng: np.random.Generator) -> torch.Tensor:
-    """Masks for n global crops: a `probability` share of them gets a block mask, their ratios spread evenly over
-    `ratio` (DINOv2), the rest none. -> bool [n, h * w]."""
+    """Masks for n global crops, as DINOv2's collate draws them: int(n * probability) crops get a block mask, the
+    i-th of them a ratio drawn uniformly within the i-th of as many equal bins of `ratio`, on random crops; the
+    rest none. -> bool [n, h * w]."""
     out = np.zeros((n, h * w), bool)
     masked = int(n * probability)
-    ratios = np.linspace(ratio[0], ratio[1], masked + 1)[:-1] if masked else []
-    for i, r in zip(rng.permutation(n)[:masked], ratios):
-        out[i] = block_mask(h, w, round(float(r) * h * w), rng).ravel()
+    edges = np.linspace(ratio[0], ratio[1], masked + 1)
+    for i, crop in enumerate(rng.permutation(n)[:masked]):
+        r = rng.uniform(edges[i], edges[i + 1])
+        out[crop] = block_mask(h, w, int(r * h * w), rng).ravel()
     return torch.from_numpy(out)

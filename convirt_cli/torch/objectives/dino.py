@@ -20,16 +20,10 @@ from convirt_cli.torch.data.dataset import Collate, make_dataset
 from convirt_cli.torch.data.multicrop import MultiCropParams, batch_masks, multicrop
 from convirt_cli.torch.data.transforms import to_model_input
 from convirt_cli.torch.dino import HEAD_FILE, DINOHead, Student, ema_update, make_teacher, patch_size
-from convirt_cli.torch.losses.dino import (
-    centered_probs,
-    dino_loss,
-    entropy,
-    ibot_loss,
-    koleo_loss,
-    prototypes_in_use,
-    sinkhorn_knopp,
-    updated_center,
-)
+from convirt_cli.torch.losses.centering import centered_probs, sinkhorn_knopp, updated_center
+from convirt_cli.torch.losses.collapse import entropy, prototypes_in_use
+from convirt_cli.torch.losses.dino_clstoken import dino_loss
+from convirt_cli.torch.losses.dinov2 import MaskedPatches, dinov2_loss
 from convirt_cli.torch.model import ImageModel, save_model
 from convirt_cli.torch.train.device import autocast
 from convirt_cli.torch.train.distributed import Dist, all_reduce_mean
@@ -152,12 +146,16 @@ class DINOObjective:
     # ---------------------------------------------------------------- the loss
     def _teacher_probs(self, logits: torch.Tensor, temp: float, center: str = "center") -> torch.Tensor:
         if self.d.centering == "sinkhorn":
-            world_sum = None
+            world_sum = world_max = None
             if self.dist.world > 1:
                 def world_sum(t):
                     torch.distributed.all_reduce(t)
                     return t
-            return sinkhorn_knopp(logits, temp, world_sum=world_sum)
+
+                def world_max(t):
+                    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+                    return t
+            return sinkhorn_knopp(logits, temp, world_sum=world_sum, world_max=world_max)
         buf = getattr(self.module, center)
         probs = centered_probs(logits, buf, temp)
         mean = logits.float().mean(0, keepdim=True)
@@ -194,19 +192,15 @@ class DINOObjective:
             if d.n_local:
                 l_cls, _ = net(torch.cat(views[2:]))
                 s_logits += list(student.dino_head(l_cls).chunk(d.n_local))
-        parts = {"dino_loss": dino_loss([x.float() for x in s_logits], list(t_probs.chunk(2)), d.student_temp)}
-        total = d.dino_weight * parts["dino_loss"]
+        patches = None
         if masks is not None and masks.any():
             with torch.no_grad():
                 t_patch_logits = self.teacher.patch_head(t_patch[masks])
                 t_patch_probs = self._teacher_probs(t_patch_logits.float(), temp, "patch_center")
-            s_patch_logits = student.patch_head(s_patch[masks]).float()
-            owner = masks.nonzero()[:, 0]  # which image each masked patch belongs to
-            parts["ibot_loss"] = ibot_loss(s_patch_logits, t_patch_probs, owner, 2 * b, d.student_temp)
-            total = total + d.ibot_weight * parts["ibot_loss"]
-        if d.koleo_weight > 0:
-            parts["koleo_loss"] = sum(koleo_loss(c) for c in s_cls.float().chunk(2)) / 2
-            total = total + d.koleo_weight * parts["koleo_loss"]
+            patches = MaskedPatches(student.patch_head(s_patch[masks]).float(), t_patch_probs,
+                                    owner=masks.nonzero()[:, 0], n_crops=2 * b)  # owner: each patch's crop
+        total, parts = dinov2_loss([x.float() for x in s_logits], list(t_probs.chunk(2)), s_cls, d.student_temp,
+                                   d.dino_weight, d.koleo_weight, patches, d.ibot_weight)
         stats = {k: float(v.detach()) for k, v in parts.items()} | {
             "teacher_entropy": float(entropy(t_probs)), "prototypes_in_use": prototypes_in_use(t_probs),
             "teacher_temp": temp, "momentum": self._now["momentum"], "weight_decay": self._now["weight_decay"]}

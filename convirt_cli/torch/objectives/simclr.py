@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from convirt_cli.torch.data.dataset import Collate, make_dataset
 from convirt_cli.torch.data.multicrop import two_views
 from convirt_cli.torch.data.transforms import to_model_input
-from convirt_cli.torch.losses.dino import nt_xent
+from convirt_cli.torch.losses.nt_xent import nt_xent
 from convirt_cli.torch.model import ImageModel, projection_head, save_model
 from convirt_cli.torch.train import guard
 from convirt_cli.torch.train.device import autocast

@@ -8,7 +8,7 @@ import re
 from torch import nn
 
 NO_DECAY = ("bias", "norm", "cls_token", "pos_embed", "position_embeddings", "mask_token", "reg_token",
-            "register_tokens", "layer_scale", "lambda1", "lambda2", "gamma", "original0")
+            "register_tokens", "layer_scale", "lambda1", "lambda2", "gamma")  # DINOv2 decays the prototypes' norm
 _BLOCK = re.compile(r"(?:^|\.)(?:blocks|layer|layers)\.(\d+)\.")
 
 
