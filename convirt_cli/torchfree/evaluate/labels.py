@@ -73,18 +73,90 @@ def _sort_names(values: set[str]) -> list[str]:
         return sorted(values)
 
 
+def _missing_test(missing: list[str] | tuple[str, ...]):
+    """A cell -> is it a missing target? Blank / NaN / null, and the values declared with --missing (numerically too:
+    --missing -1 also means CheXpert's -1.0)."""
+    miss = MISSING | {m.strip().lower() for m in missing}
+    miss_numbers = {x for x in map(_number, miss) if x is not None}
+
+    def is_missing(v: str) -> bool:
+        v = v.strip().lower()
+        return v in miss or (bool(miss_numbers) and _number(v) in miss_numbers)
+    return is_missing
+
+
+def _binary_columns(rows: list[Row], columns: list[str], is_missing) -> np.ndarray:
+    """Several 0/1 columns -> [N, K] 0/1/NaN; a value that is neither names its column and rows."""
+    y = np.full((len(rows), len(columns)), np.nan, np.float32)
+    for k, col in enumerate(columns):
+        bad = []
+        for i, r in enumerate(rows):
+            v = r.columns[col].strip().lower()
+            if is_missing(v):
+                continue
+            if v in TRUE:
+                y[i, k] = 1.0
+            elif v in FALSE:
+                y[i, k] = 0.0
+            else:
+                bad.append(f"{r.source} ({r.columns[col]!r})")
+        if bad:
+            raise ConvirtError(f"label column '{col}' must hold 0/1 (or blank for missing; declare others such as "
+                               f"-1 with --missing): rows {_rows_msg(bad)}")
+    return y
+
+
+def _regression(rows: list[Row], col: str, is_missing) -> np.ndarray:
+    y = np.full(len(rows), np.nan, np.float32)
+    bad = []
+    for i, r in enumerate(rows):
+        v = r.columns[col]
+        if is_missing(v):
+            continue
+        x = _number(v)
+        if x is None:
+            bad.append(f"{r.source} ({v!r})")
+        else:
+            y[i] = x
+    if bad:
+        raise ConvirtError(f"regression target '{col}' is not numeric in rows {_rows_msg(bad)}; "
+                           "fix them or declare such values missing with --missing")
+    if np.isnan(y).all():
+        raise ConvirtError(f"regression target '{col}' has no values")
+    return y
+
+
+def _names_per_row(values: list[str], is_missing) -> tuple[list[str], np.ndarray]:
+    """One column of `a|b` names (or one name per row) -> (names, [N, K] 0/1/NaN)."""
+    names = _sort_names({p.strip() for v in values if not is_missing(v) for p in v.split("|")
+                         if p.strip() and not is_missing(p)})
+    index = {n: k for k, n in enumerate(names)}
+    y = np.full((len(values), len(names)), np.nan, np.float32)
+    for i, v in enumerate(values):
+        if not is_missing(v):
+            y[i] = 0.0
+            for p in v.split("|"):
+                if p.strip() in index:
+                    y[i, index[p.strip()]] = 1.0
+    return names, y
+
+
+def _classes(values: list[str], col: str, is_missing) -> tuple[list[str], np.ndarray]:
+    names = _sort_names({v.strip() for v in values if not is_missing(v)})
+    if len(names) < 2:
+        raise ConvirtError(f"label column '{col}' has {len(names)} class(es) ({', '.join(names) or 'all missing'}); "
+                           "a classifier needs at least 2")
+    index = {n: k for k, n in enumerate(names)}
+    return names, np.array([np.nan if is_missing(v) else index[v.strip()] for v in values], np.float32)
+
+
 def parse_labels(rows: list[Row], columns: list[str], task: str = "auto",
                  missing: list[str] | tuple[str, ...] = ()) -> Labels:
     """Rows -> Labels; a value that cannot be read names its column and rows (ConvirtError)."""
     if not columns:
         raise ConvirtError("no label given: pass --label COL (one column) or --labels A,B (several 0/1 columns)")
     _check_columns(rows, columns)
-    miss = MISSING | {m.strip().lower() for m in missing}
-    miss_numbers = {x for x in map(_number, miss) if x is not None}  # --missing -1 also means CheXpert's -1.0
-
-    def is_missing(v: str) -> bool:
-        v = v.strip().lower()
-        return v in miss or (bool(miss_numbers) and _number(v) in miss_numbers)
+    is_missing = _missing_test(missing)
 
     def binary(col: str) -> bool:
         return all(is_missing(v) or v.strip().lower() in TRUE | FALSE for v in (r.columns[col] for r in rows))
@@ -93,67 +165,17 @@ def parse_labels(rows: list[Row], columns: list[str], task: str = "auto",
     if len(columns) > 1 or (task == "multilabel" and binary(columns[0])):
         if task not in ("auto", "multilabel"):
             raise ConvirtError(f"several label columns ({', '.join(columns)}) make a multilabel task, not {task}")
-        y = np.full((len(rows), len(columns)), np.nan, np.float32)
-        for k, col in enumerate(columns):
-            bad = []
-            for i, r in enumerate(rows):
-                v = r.columns[col].strip().lower()
-                if is_missing(v):
-                    continue
-                if v in TRUE:
-                    y[i, k] = 1.0
-                elif v in FALSE:
-                    y[i, k] = 0.0
-                else:
-                    bad.append(f"{r.source} ({r.columns[col]!r})")
-            if bad:
-                raise ConvirtError(f"label column '{col}' must hold 0/1 (or blank for missing; declare others such as "
-                                   f"-1 with --missing): rows {_rows_msg(bad)}")
-        return Labels("multilabel", list(columns), list(columns), y)
-
+        return Labels("multilabel", list(columns), list(columns), _binary_columns(rows, columns, is_missing))
     col = columns[0]
     values = [r.columns[col] for r in rows]
     if task == "regression":
-        y = np.full(len(rows), np.nan, np.float32)
-        bad = []
-        for i, (r, v) in enumerate(zip(rows, values)):
-            if is_missing(v):
-                continue
-            try:
-                y[i] = float(v)
-            except ValueError:
-                bad.append(f"{r.source} ({v!r})")
-            else:
-                if not math.isfinite(y[i]):
-                    bad.append(f"{r.source} ({v!r})")
-        if bad:
-            raise ConvirtError(f"regression target '{col}' is not numeric in rows {_rows_msg(bad)}; "
-                               "fix them or declare such values missing with --missing")
-        if np.isnan(y).all():
-            raise ConvirtError(f"regression target '{col}' has no values")
-        return Labels("regression", [col], [col], y)
-
+        return Labels("regression", [col], [col], _regression(rows, col, is_missing))
     if task == "multilabel" or (task == "auto" and any("|" in v for v in values)):
-        names = _sort_names({p.strip() for v in values if not is_missing(v) for p in v.split("|")
-                             if p.strip() and not is_missing(p)})
-        index = {n: k for k, n in enumerate(names)}
-        y = np.full((len(rows), len(names)), np.nan, np.float32)
-        for i, v in enumerate(values):
-            if not is_missing(v):
-                y[i] = 0.0
-                for p in v.split("|"):
-                    if p.strip() in index:
-                        y[i, index[p.strip()]] = 1.0
+        names, y = _names_per_row(values, is_missing)
         return Labels("multilabel", names, [col], y)
-
     if task not in ("auto", "multiclass"):
         raise ConvirtError(f"unknown task '{task}': use multilabel, multiclass or regression")
-    names = _sort_names({v.strip() for v in values if not is_missing(v)})
-    if len(names) < 2:
-        raise ConvirtError(f"label column '{col}' has {len(names)} class(es) ({', '.join(names) or 'all missing'}); "
-                           "a classifier needs at least 2")
-    index = {n: k for k, n in enumerate(names)}
-    y = np.array([np.nan if is_missing(v) else index[v.strip()] for v in values], np.float32)
+    names, y = _classes(values, col, is_missing)
     return Labels("multiclass", names, [col], y)
 
 
