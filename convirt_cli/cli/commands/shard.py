@@ -33,19 +33,24 @@ def shard(
 ) -> None:
     """Write DATA as WebDataset shards: unreadable images skipped and counted as pretrain counts them, the
     train/val split decided now and recorded in shards.json. Then: convirt pretrain SHARDS."""
-    flags = dict(locals())
-    flags.pop("no_text")
-    from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.cli.settings import resolve
-    from convirt_cli.torch.data.shards import write_shards
     from convirt_cli.torchfree.config import ShardConfig
+
+    cfg = resolve(ShardConfig, data=data, out=out, per_shard=per_shard, max_side=max_side, window=window,
+                  slices=slices, workers=workers, image_col=image_col, text_col=text_col, sections=sections, split_col=split_col,
+                  patient_col=patient_col, val_fraction=val_fraction, encoding=encoding, strict=strict, where=where,
+                  join=join, seed=seed)
+    _run(cfg, None if no_text else cfg.text_col)
+
+
+def _run(cfg, text_col: str | None) -> None:
+    from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.torchfree.data.readers import read_rows
+    from convirt_cli.torchfree.data.shard_writer import write_shards
     from convirt_cli.torchfree.data.split import describe_split, split_rows
     from convirt_cli.torchfree.data.validate import validate_rows
     from convirt_cli.torchfree.processes import cpu_workers
 
-    cfg = resolve(ShardConfig, **flags)
-    text_col = None if no_text else cfg.text_col
     workers = cfg.workers or cpu_workers()
     rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections, workers=workers,
                      progress=progress_bar, join=cfg.join, warn=lambda line: note(f"warning: {line}"),

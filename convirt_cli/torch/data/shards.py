@@ -1,10 +1,5 @@
-"""WebDataset tar shards: `convirt shard` writes them once (validated, optionally downscaled, split decided and
-recorded); `convirt pretrain SHARDS` streams them, shards split over ranks and workers.
-
-A shard folder holds `train-000000.tar ...`, `val-000000.tar ...` and `shards.json` (counts per split, the
-skips by reason, how images were stored). Each sample: `__key__` (its row number in the source table),
-`png` / `jpg` / ... (the image file's bytes, or an 8-bit PNG when it was downscaled, windowed from DICOM or
-high bit depth), `txt` (the report) and `json` ({"source": "file:row", "columns": {...}}).
+"""WebDataset tar shards for training: `convirt pretrain SHARDS` streams them, shards split over ranks and workers.
+`convirt shard` writes them, torch-free (convirt_cli/torchfree/data/shard_writer.py, which describes the format).
 
 Training draws shards with replacement each epoch (WebDataset's resampling, seeded by seed, epoch and rank), so
 an epoch is a fixed number of samples rather than an exact pass; `--resume` restores model, optimiser and step,
@@ -17,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +19,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import IterableDataset, get_worker_info
 
-from convirt_cli.torchfree.data.readers import Row
-from convirt_cli.torchfree.data.shard_samples import encoded
+from convirt_cli.torchfree.data.shard_writer import META
 from convirt_cli.torchfree.data.text import text_view
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.files import write_json
-from convirt_cli.torchfree.processes import cpu_workers
-
-META = "shards.json"
 
 
 def is_shard_source(data: str | Path) -> bool:
@@ -40,52 +29,6 @@ def is_shard_source(data: str | Path) -> bool:
     s = str(data)
     return (Path(s).is_dir() and (Path(s) / META).is_file()) or Path(s).name == META or \
         (s.endswith(".tar") and "{" in s)
-
-
-def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_side: int | None, window: str,
-                 on_row=None, skipped: list[tuple[Row, str]] = (), workers: int | None = None,
-                 sections: list[str] | tuple[str, ...] = (), where: list[str] | tuple[str, ...] = (),
-                 join: list[str] | tuple[str, ...] = (), slices: str = "middle") -> dict:
-    """Write each split's rows as shards under `out`; returns shards.json (written last: a folder without it is
-    an unfinished write). `skipped`: rows validation already set aside, counted with those that fail here.
-    `workers`: processes decoding and encoding (None: one per CPU core); the shards are the same for any number."""
-    import webdataset as wds
-
-    workers = workers or cpu_workers()
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)
-    meta: dict = {"format": "convirt-shards/1", "per_shard": per_shard, "max_side": max_side, "window": window,
-                  "sections": list(sections), "where": list(where), "join": list(join), "slices": slices, "splits": {},
-                  "skipped": {}, "skipped_examples": []}
-    for row, reason in skipped:
-        meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
-    meta["skipped_examples"] = [[row.source, reason] for row, reason in list(skipped)[:5]]
-    key = 0
-    for split, rows in splits.items():
-        if not rows:
-            continue
-        for old in out.glob(f"{split}-*.tar"):
-            old.unlink()
-        count = 0
-        jobs = [(row, key + 1 + i, max_side, window) for i, row in enumerate(rows)]
-        key += len(rows)
-        with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=per_shard, verbose=0) as sink, \
-                closing(encoded(jobs, workers)) as results:
-            for (row, *_), (sample, reason) in zip(jobs, results):
-                if reason is not None:
-                    meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
-                    if len(meta["skipped_examples"]) < 5:
-                        meta["skipped_examples"].append([row.source, reason])
-                else:
-                    sink.write(sample)
-                    count += 1
-                if on_row:
-                    on_row()
-        shards = sorted(p.name for p in out.glob(f"{split}-*.tar"))
-        meta["splits"][split] = {"count": count, "shards": shards}
-    write_json(out / META, meta)
-    return meta
 
 
 class ShardSet:

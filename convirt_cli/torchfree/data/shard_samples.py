@@ -1,4 +1,4 @@
-"""One table row -> one WebDataset sample for `convirt shard` (convirt_cli.torch.data.shards.write_shards): the
+"""One table row -> one WebDataset sample for `convirt shard` (shard_writer.write_shards): the
 image decoded in full (a file that would fail in training fails here and is counted), downscaled or windowed to
 an 8-bit PNG when asked (and always for DICOM, 16-bit images and slices of volumes), else its own bytes.
 Torch-free, so the worker processes that do this start fast."""
