@@ -107,7 +107,7 @@ def precision_by_label(emb: np.ndarray, labels: list[str], k: int) -> float:
 
 def score(run: Path, ds: dict) -> dict:
     from convirt_cli.torch.encode import TorchEncoder
-    from convirt_cli.torchfree.evaluate.retrieval import pair_recall_at_k
+    from convirt_cli.torchfree.evaluate.ranking import pair_recall_at_k
 
     enc = TorchEncoder(run, device="cpu")
     held = [r for r in ds["held"] if r[ds["text_col"]].strip()]

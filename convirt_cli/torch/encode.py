@@ -52,9 +52,9 @@ class TorchEncoder:
         return self.model.encode_image(torch.from_numpy(pixels).to(self.device)).float().cpu().numpy()
 
     def encode_images(self, paths, batch_size: int = 64, on_progress=None):
-        from convirt_cli.torchfree.serve.encoder import encode_image_paths
+        from convirt_cli.torchfree.serve.encoder import encode_images
 
-        return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+        return encode_images(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
 
     def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
         from convirt_cli.torchfree.serve.encoder import encode_text_batches

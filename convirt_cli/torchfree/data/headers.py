@@ -4,19 +4,17 @@ MIMIC-CXR folder holds 377k files: ~0.3-0.9 ms a header, minutes in one process)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.formats import format_header, may_have_header
 from convirt_cli.torchfree.processes import ordered_map
+from convirt_cli.torchfree.progress import ProgressBar
 
-# (label, total, unit) -> a context giving advance(n): the CLI's progress_bar
-Progress = Callable[[str, int, str], AbstractContextManager[Callable[[int], None]]]
 PARALLEL_FROM = 2000  # headers; below that a pool's start-up (~0.5 s) costs more than it saves
 
 
-def read_headers(rows: list[Row], workers: int = 1, progress: Progress | None = None) -> None:
+def read_headers(rows: list[Row], workers: int = 1, progress: ProgressBar | None = None) -> None:
     """Set `image_check` of each row not yet checked whose format reads metadata, and its metadata columns where the
     row has none of that name. `workers` > 1: worker processes (convirt_cli.torchfree.processes: a script calling
     this needs the `__main__` guard)."""

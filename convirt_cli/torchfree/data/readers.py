@@ -22,7 +22,7 @@ from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.formats import format_of, image_suffixes, matched_suffix
 
 if TYPE_CHECKING:
-    from convirt_cli.torchfree.data.headers import Progress
+    from convirt_cli.torchfree.progress import ProgressBar
 
 # suffixes never read as images (files of other names are, when a format's magic test knows them: the DICOM marker)
 NOT_IMAGES = {".txt", ".csv", ".tsv", ".jsonl", ".json", ".md", ".xml", ".html", ".htm", ".pdf", ".log", ".zip",
@@ -124,7 +124,7 @@ def read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
               encoding: str = "auto", sections: list[str] | tuple[str, ...] = (), metadata: bool = True,
-              workers: int = 1, progress: Progress | None = None, join: list[Path] | tuple[Path, ...] = (),
+              workers: int = 1, progress: ProgressBar | None = None, join: list[Path] | tuple[Path, ...] = (),
               warn: Callable[[str], None] = lambda line: None, slices: str = "middle") -> list[Row]:
     """All rows of DATA; `text_col=None` reads images only (finetune, embed). `sections` keeps those headed
     sections of each report (e.g. findings, impression); a report with none of them is a skip reason. `join`:

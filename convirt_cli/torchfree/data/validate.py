@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from convirt_cli.torchfree.data.headers import Progress
 from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.data.where import excluded, parse_where
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.formats import ImageError, check_image
+from convirt_cli.torchfree.progress import ProgressBar
 
 
 @dataclass
@@ -95,27 +96,6 @@ def image_kinds(rows: list[Row]) -> str:
     return "; ".join(parts)
 
 
-def parse_where(items: list[str] | tuple[str, ...]) -> dict[str, tuple[set[str], bool]]:
-    """['view=PA,AP', 'modality!=CT'] -> {'view': ({'pa', 'ap'}, True), 'modality': ({'ct'}, False)}: the values
-    (compared without case) and whether a row must hold one of them (=) or none of them (!=)."""
-    out: dict[str, tuple[set[str], bool]] = {}
-    for item in items:
-        col, _, values = item.partition("=")
-        keep = not col.endswith("!")
-        wanted, _ = out.setdefault(col.removesuffix("!").strip(), (set(), keep))
-        wanted.update(v.strip().lower() for v in values.split(",") if v.strip())
-    return out
-
-
-def excluded(row: Row, where: dict[str, tuple[set[str], bool]]) -> str | None:
-    """Why --where leaves a row out ('--where view: LATERAL'; a DICOM without the tag: 'blank'), or None."""
-    for col, (values, keep) in where.items():
-        value = row.columns.get(col, "").strip()
-        if (value.lower() in values) != keep:
-            return f"--where {col}: {value or 'blank'}"
-    return None
-
-
 def select_rows(rows: list[Row], where: list[str] | tuple[str, ...]) -> tuple[list[Row], list[tuple[Row, str]]]:
     """(rows --where keeps, [(row, why it was left out)]); a column no row has is an error."""
     conditions = parse_where(where)
@@ -125,7 +105,7 @@ def select_rows(rows: list[Row], where: list[str] | tuple[str, ...]) -> tuple[li
                                f"{', '.join(rows[0].columns)})")
     kept, left = [], []
     for row in rows:
-        reason = excluded(row, conditions) if conditions else None
+        reason = excluded(row.columns, conditions) if conditions else None
         if reason is None:
             kept.append(row)
         else:
@@ -134,7 +114,7 @@ def select_rows(rows: list[Row], where: list[str] | tuple[str, ...]) -> tuple[li
 
 
 def validate_rows(rows: list[Row], need_text: bool = True, strict: bool = False,
-                  where: list[str] | tuple[str, ...] = (), progress: Progress | None = None) -> Validation:
+                  where: list[str] | tuple[str, ...] = (), progress: ProgressBar | None = None) -> Validation:
     """Usable rows, and the others counted by reason: left out by --where (not an error, even with --strict),
     or unusable (missing or unreadable image, empty text...)."""
     v = Validation(found=len(rows), usable=[])

@@ -16,7 +16,7 @@ import numpy as np
 
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.metrics import roc_auc
-from convirt_cli.torchfree.evaluate.retrieval import precision_at_k
+from convirt_cli.torchfree.evaluate.ranking import precision_at_k
 
 
 def split_queries(labels: Sequence[str], per_class: int, seed: int = 0) -> tuple[list[int], list[int], list[str]]:

@@ -1,11 +1,12 @@
 """Encoders over an export folder (image.onnx, text.onnx, tokenizer.json, preprocess.json, manifest.json).
 
-Both backends (this one and convirt_cli.torch.encode.TorchEncoder) share `encode_image_paths`, so pixels,
+Both backends (this one and convirt_cli.torch.encode.TorchEncoder) share `encode_images`, so pixels,
 batching and the skipping of unreadable files are the same whichever runs the network.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,26 +15,25 @@ import numpy as np
 
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.files import read_json
+from convirt_cli.torchfree.progress import Advance
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
+
+    from convirt_cli.torchfree.imageio import ImageSource
 # Image decoding (Pillow, a thread pool) is imported where images are met: a text query does not pay for it.
 
 EXPORT_FILES = ("image.onnx", "preprocess.json", "manifest.json")
 TEXT_FILES = ("text.onnx", "tokenizer.json")
-Progress = Callable[[int], None]
 
 
 def is_export_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file() and (Path(path) / "image.onnx").is_file()
 
 
-# an image input: a path, or (path, slice index) for a slice of a volume (None: a 2-D image)
-ImageRef = str | Path | tuple[str | Path, int | None]
-
-
-def decode_images(paths: Sequence[ImageRef], size: int, pool: Executor | None = None, window: str = "auto"):
-    """Paths -> (uint8 [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
+def load_gray_batch(sources: Sequence[ImageSource], size: int, pool: Executor | None = None, window: str = "auto"):
+    """Images (paths, (path, slice) of a volume, file bytes or pixels) -> model-size grey pixels: (uint8
+    [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
     from convirt_cli.torchfree.imageio import load_gray
 
     def one(p):
@@ -43,16 +43,17 @@ def decode_images(paths: Sequence[ImageRef], size: int, pool: Executor | None = 
         except Exception as e:  # noqa: BLE001 - any decode failure is a skip, named in the summary
             return None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
-    results = list(pool.map(one, paths)) if pool else [one(p) for p in paths]
+    results = list(pool.map(one, sources)) if pool else [one(p) for p in sources]
     ok = [i for i, (a, _) in enumerate(results) if a is not None]
     bad = [(i, r) for i, (a, r) in enumerate(results) if a is None]
     arr = np.stack([results[i][0] for i in ok]) if ok else np.zeros((0, size, size), np.uint8)
     return arr, ok, bad
 
 
-def encode_image_paths(paths: Sequence[ImageRef], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
-                       batch_size: int = 64, on_progress: Progress | None = None):
-    """Images -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`, [(index, reason)] skipped)."""
+def encode_images(paths: Sequence[ImageSource], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
+                  batch_size: int = 64, on_progress: Advance | None = None):
+    """Images (as load_gray_batch takes them) -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`,
+    [(index, reason)] skipped)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from convirt_cli.torchfree.imageio import normalize_array
@@ -62,13 +63,13 @@ def encode_image_paths(paths: Sequence[ImageRef], pre: dict, run: Callable[[np.n
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=4) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
         # the next batch decodes (PIL and numpy release the GIL) while this one runs through the model
-        pending = ahead.submit(decode_images, paths[0:batch_size], pre["image_size"], pool, window) if starts else None
+        pending = ahead.submit(load_gray_batch, paths[0:batch_size], pre["image_size"], pool, window) if starts else None
         for n, start in enumerate(starts):
             chunk = paths[start:start + batch_size]
             gray, good, skipped = pending.result()
             if n + 1 < len(starts):
                 nxt = starts[n + 1]
-                pending = ahead.submit(decode_images, paths[nxt:nxt + batch_size], pre["image_size"], pool, window)
+                pending = ahead.submit(load_gray_batch, paths[nxt:nxt + batch_size], pre["image_size"], pool, window)
             if len(good):
                 x = normalize_array(gray, pre["mean"], pre["std"], pre["channels"])
                 out.append(np.asarray(run(x), dtype=np.float32))
@@ -89,7 +90,7 @@ def text_batches(texts: Sequence[str], batch_size: int, by_length: bool = True) 
 
 
 def encode_text_batches(texts: Sequence[str], run: Callable[[list[str]], np.ndarray], dim: int, batch_size: int,
-                        on_progress: Progress | None = None, by_length: bool = True) -> np.ndarray:
+                        on_progress: Advance | None = None, by_length: bool = True) -> np.ndarray:
     """[n, d] float32 in the order of `texts`, computed batch by batch (text_batches)."""
     out = np.zeros((len(texts), dim), np.float32)
     for idx in text_batches(texts, batch_size, by_length):
@@ -143,6 +144,7 @@ class OnnxEncoder:
         self.device, self.threads, self.bulk = device, threads, bulk
         self._sessions: dict = {}
         self._tokenizer: Tokenizer | None = None
+        self._lock = threading.Lock()  # sessions and the tokenizer are made once, by one thread (run() is thread-safe)
         self.device_used = "cpu"
 
     def _create(self, name: str):
@@ -153,7 +155,9 @@ class OnnxEncoder:
 
     def _session(self, name: str):
         if name not in self._sessions:
-            self._sessions[name], self.device_used = self._create(name)
+            with self._lock:
+                if name not in self._sessions:
+                    self._sessions[name], self.device_used = self._create(name)
         return self._sessions[name]
 
     def image_forward(self, pixels: np.ndarray) -> np.ndarray:
@@ -168,13 +172,14 @@ class OnnxEncoder:
             raise ConvirtError(f"{self.path} is the export of an image-only model (no text tower): text queries and "
                                "prompts need a ConVIRT run")
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer(self.path, self.pre)
+            with self._lock:
+                self._tokenizer = self._tokenizer or Tokenizer(self.path, self.pre)
         return self._tokenizer(texts)
 
-    def encode_images(self, paths: Sequence[ImageRef], batch_size: int = 64, on_progress: Progress | None = None):
-        return encode_image_paths(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+    def encode_images(self, paths: Sequence[ImageSource], batch_size: int = 64, on_progress: Advance | None = None):
+        return encode_images(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Progress | None = None,
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Advance | None = None,
                      by_length: bool = True) -> np.ndarray:
         """[n, d] in the order given; batched by length unless by_length=False (the parity check wants mixed)."""
         if texts and not self.has_text:

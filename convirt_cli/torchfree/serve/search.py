@@ -1,7 +1,7 @@
 """Exact cosine top-k over L2-normalised rows, one block at a time (memory bounded by the block).
 
 Scores are dot products (rows and queries are unit vectors). Ties go to the lower row, as in
-convirt_cli.torchfree.evaluate.retrieval.topk_indices, so blockwise and one-shot search agree exactly.
+convirt_cli.torchfree.evaluate.ranking.topk_indices, so blockwise and one-shot search agree exactly.
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ def check_scores(scores: np.ndarray, first_row: int = 0) -> None:
         raise DamagedRows(sorted({first_row + int(c) for c in np.nonzero(bad)[1]}))
 
 
-def search(embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
-           block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
+def search(embeddings: np.ndarray, queries: np.ndarray, k: int = 10, block_bytes: int = 64 << 20,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """embeddings [N, d] (may be a memmap), queries [Q, d] -> (scores [Q, k'], rows [Q, k']), k' = min(k, N).
 
     Reads `block_bytes` of rows at a time; peak extra memory ~ block + Q x block_rows scores. Raises DamagedRows
-    when a row scores outside [-1, 1] (NaN, or garbage bytes in the file).
+    when a row scores outside [-1, 1] (NaN, or garbage bytes in the file). `allowed` (bool [N]): only those rows
+    compete; where fewer than k' are allowed the rest of a result row is padded with row -1 (score -inf).
     """
     n, d = embeddings.shape
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -62,7 +63,11 @@ def search(embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
         chunk = np.asarray(embeddings[start:start + block], dtype=np.float32)
         s = q @ chunk.T
         check_scores(s, start)
+        if allowed is not None:
+            s[:, ~allowed[start:start + len(chunk)]] = -np.inf
         r = np.broadcast_to(np.arange(start, start + len(chunk), dtype=np.int64), s.shape)
         s, r = _select(s, r, k)
         best_s, best_r = _select(np.concatenate([best_s, s], 1), np.concatenate([best_r, r], 1), k)
+    if allowed is not None:
+        best_r = np.where(np.isneginf(best_s), -1, best_r)
     return best_s, best_r
