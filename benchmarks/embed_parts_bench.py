@@ -1,4 +1,4 @@
-"""`convirt embed` of a folder of images as one process beside N parts run at once (`--num-shards N --shard-index I`,
+"""`convirt embed` of a folder of images as one process beside N parts run at once (`--parts N --part I`,
 each with cores / N threads), then `convirt index merge`; wall-clock images/s, each a fresh process as a user
 (or a job array) runs it, and whether the merged index equals the single one row for row. ONE JSON line.
 
@@ -76,8 +76,8 @@ def main() -> None:
         wall["one_process"] = time.perf_counter() - t
         t = time.perf_counter()
         per = str(max(1, cores // a.parts))
-        wait([convirt("embed", str(table), "--out", str(tmp / f"part{i}"), "--num-shards", str(a.parts),
-                      "--shard-index", str(i), "--threads", per, *common) for i in range(a.parts)])
+        wait([convirt("embed", str(table), "--out", str(tmp / f"part{i}"), "--parts", str(a.parts),
+                      "--part", str(i), "--threads", per, *common) for i in range(a.parts)])
         wall[f"{a.parts}_parts_at_once"] = time.perf_counter() - t
         t = time.perf_counter()
         wait([convirt("index", "merge", *(str(tmp / f"part{i}") for i in range(a.parts)), "--out", str(tmp / "merged"))])

@@ -109,7 +109,7 @@ def test_text_from_several_columns(tmp_path):
 
 def test_evaluate_reads_query_texts_as_pretrain_does(tmp_path):
     """`evaluate retrieval` uses the query rows' reports as text queries: report files are read, not their paths."""
-    from convirt_cli.cli.commands.evaluate import load_labelled
+    from convirt_cli.torchfree.evaluate.labelled import load_labelled
 
     _png(tmp_path / "a.png")
     _png(tmp_path / "b.png")

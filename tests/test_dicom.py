@@ -136,6 +136,28 @@ def test_16bit_png_gives_the_8bit_input_under_minmax(tmp_path):
     assert (auto16 == 255).mean() < 0.05 and np.corrcoef(auto16.ravel(), a8.ravel())[0, 1] > 0.95
 
 
+def test_an_upload_is_a_file_without_a_name(tmp_path):
+    """File bytes (a DICOM without its suffix, a 16-bit PNG, a JPEG) give the pixels their file gives, and decoded
+    PNG pixels the ones of the file they came from: what `Searcher` queries from an upload see."""
+    p = _gray(1)
+    stored, slope, intercept, window = monochrome1_twin(p)
+    files = [write_dicom(tmp_path / "d.dcm", stored, photometric="MONOCHROME1", bits=12, slope=slope,
+                         intercept=intercept, window=window)]
+    Image.fromarray(p.astype(np.uint16) * 257).save(tmp_path / "a16.png")
+    Image.fromarray(p).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(p).save(tmp_path / "a8.png")
+    files += [tmp_path / "a16.png", tmp_path / "a.jpg", tmp_path / "a8.png"]
+    for f in files:
+        for window_policy in ("auto", "minmax"):
+            assert np.array_equal(load_gray(f.read_bytes(), 64, window_policy), load_gray(f, 64, window_policy)), f
+    for f in (tmp_path / "a16.png", tmp_path / "a8.png"):  # (a JPEG file may decode at reduced size: not compared)
+        with Image.open(f) as im:
+            pixels = np.asarray(im)
+        assert np.array_equal(load_gray(pixels, 64), load_gray(f, 64)), f
+    with pytest.raises(ValueError, match="expected a grey"):
+        load_gray(np.zeros((4, 4, 2), np.uint8), 64)
+
+
 # ---------------------------------------------------------------- DICOM pixels
 
 @pytest.fixture(scope="module")

@@ -144,8 +144,8 @@ def test_crash_during_append_leaves_old_index(index, images, tiny_export, tmp_pa
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(fi, "write_json", boom)  # dies just before the commit point
+    from convirt_cli.torchfree.serve.embed import embed_items
     from convirt_cli.torchfree.serve.encoder import OnnxEncoder
-    from convirt_cli.torchfree.serve.pipeline import embed_items
 
     with pytest.raises(RuntimeError):
         embed_items(OnnxEncoder(tiny_export), "text", [{"text": "x", "source": "s"}], copy, append=False)
@@ -222,10 +222,14 @@ def test_retrieve_errors_are_one_line_exit_2(tmp_path):
 
 def test_faiss_index_recall(index, tmp_path):
     pytest.importorskip("faiss")
-    res = invoke("index", "build", index, "--faiss", "--kind", "flat")
+    res = invoke("index", "build", index, "--faiss", "--index-type", "flat")
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert info["recall_at_10"] == 1.0 and (index / "faiss.index").is_file()  # flat is exact
+    assert info["index_type"] == "flat" and "now --index-type" not in res.stderr
+    old = invoke("index", "build", index, "--faiss", "--kind", "flat")  # the old spelling: one note, same index
+    assert old.exit_code == 0 and "`index build --kind` is now --index-type" in old.stderr
+    assert json.loads(old.stdout)["index_type"] == "flat"
     a = invoke("retrieve", "--query", "opacity", "--index", index, "-k", "5", "--format", "jsonl").stdout
     b = invoke("retrieve", "--query", "opacity", "--index", index, "-k", "5", "--format", "jsonl", "--exact").stdout
     assert [json.loads(x)["id"] for x in a.splitlines()] == [json.loads(x)["id"] for x in b.splitlines()]
@@ -275,7 +279,7 @@ def test_damaged_index_files_are_one_line(index, tiny_export, tmp_path, damage, 
 
 
 def test_non_finite_embeddings_are_skipped_and_named(tmp_path):
-    from convirt_cli.torchfree.serve.pipeline import embed_items
+    from convirt_cli.torchfree.serve.embed import embed_items
 
     class NaNOnSecond:
         fingerprint, dim, backend, path = "f" * 16, 2, "onnx", tmp_path

@@ -29,9 +29,9 @@ def test_table_matches_the_config_and_the_command():
 
 
 def _full(argv: list[str], monkeypatch) -> dict | None:
-    """The config the typer command hands to retrieval.retrieve, or None when the full CLI refuses."""
+    """The config the typer command hands to cli/retrieve.run, or None when the full CLI refuses."""
     seen = []
-    monkeypatch.setattr("convirt_cli.cli.retrieval.retrieve", seen.append)
+    monkeypatch.setattr("convirt_cli.cli.retrieve.run", seen.append)
     r = CliRunner().invoke(app, ["retrieve", *argv])
     return seen[0].model_dump() if r.exit_code == 0 and seen else None
 
@@ -52,6 +52,7 @@ TAKEN = [  # the fast lane takes these, and must agree with the full CLI
     (["--query", "a", "-k", "9"], {"CONVIRT_K": "8"}, 'k = 5\n[retrieve]\nformat = "csv"\n'),  # flag > env > toml
     (["--query", "a"], {}, 'device = "cpu"\n[retrieve]\nk = 4\nquery = ["b", "c"]\n'),
     (["--query", "--index"], {}, ""),  # click takes the next word as the value, whatever it looks like
+    (["--like", "3", "--like=0", "--offset", "5", "--where", "view=PA,AP", "--where", "sex!=F;age=40"], {}, ""),
 ]
 DECLINED = [  # the fast lane leaves these to the full CLI (most are mistakes it explains in one line)
     (["--query", "a", "-k", "0"], {}, ""),
@@ -72,6 +73,11 @@ DECLINED = [  # the fast lane leaves these to the full CLI (most are mistakes it
     (["--query", "a"], {}, "[retrieve]\nk = 0\n"),
     (["--query", "a"], {}, "[retrieve]\nk = true\n"),  # valid for pydantic (k = 1); declined as a bool
     (["--query", "a"], {}, "k = [\n"),
+    (["--query", "a", "--where", "view"], {}, ""),
+    (["--query", "a", "--where", "=PA"], {}, ""),
+    (["--like", "-1"], {}, ""),
+    (["--like", "x"], {}, ""),
+    (["--query", "a", "--offset", "-2"], {}, ""),
 ]
 
 

@@ -134,18 +134,18 @@ def test_faiss_recall_is_leave_one_out_and_matches_a_plain_count(tmp_path):
 
 
 def test_faiss_auto_compresses_above_the_interactive_size(tmp_path):
-    """--kind auto: HNSW while an exact scan stays under the interactive budget, IVF-PQ above it (a tiny budget
+    """--index-type auto: HNSW while an exact scan stays under the interactive budget, IVF-PQ above it (a tiny budget
     here stands in for an archive-sized index); its recall@10 against exact search is measured and reported."""
     pytest.importorskip("faiss")
     from convirt_cli.torchfree.serve.index import (
         EXACT_MAX_BYTES,
         build_faiss,
-        choose_kind,
+        choose_index_type,
         open_index,
         write_index,
     )
 
-    assert choose_kind(1_000_000, 512) == "hnsw" and choose_kind(2_000_000, 512) == "ivfpq"
+    assert choose_index_type(1_000_000, 512) == "hnsw" and choose_index_type(2_000_000, 512) == "ivfpq"
     assert 1_000_000 * 512 * 4 <= EXACT_MAX_BYTES < 2_000_000 * 512 * 4
     rng = np.random.default_rng(0)
     centres = unit(rng.normal(size=(50, 32)))  # clustered, as embeddings are
@@ -153,10 +153,10 @@ def test_faiss_auto_compresses_above_the_interactive_size(tmp_path):
     write_index(tmp_path / "ix", x, [{"id": i, "text": str(i)} for i in range(len(x))],
                 {"dim": 32, "fingerprint": "f" * 16, "kind": "text", "model": "test"})
     info = build_faiss(open_index(tmp_path / "ix"), "auto", sample=200, exact_max_bytes=100_000)
-    assert info["kind"] == "ivfpq" and info["chosen"].startswith("auto") and info["pq_bytes_per_vector"] == 4
+    assert info["index_type"] == "ivfpq" and info["chosen"].startswith("auto") and info["pq_bytes_per_vector"] == 4
     assert 0.3 < info["recall_at_10"] < 1.0, info  # compressed codes: approximate, and reported as such
     info = build_faiss(open_index(tmp_path / "ix"), "auto", sample=200)
-    assert info["kind"] == "hnsw" and info["recall_at_10"] > 0.9
+    assert info["index_type"] == "hnsw" and info["recall_at_10"] > 0.9
 
 
 def test_weights_fingerprint_is_cached_and_follows_the_files(tmp_path):

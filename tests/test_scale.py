@@ -150,7 +150,7 @@ def test_compile_puts_the_compiled_module_on_the_training_path(tmp_path, monkeyp
 
 
 def test_embed_in_three_parts_and_merge_equals_one_embed(tiny_export, tmp_path):
-    """`embed --num-shards 3 --shard-index I` three times + `index merge` = one `embed` of the whole input, row for
+    """`embed --parts 3 --part I` three times + `index merge` = one `embed` of the whole input, row for
     row (ids, paths, sources, embeddings); a missing part and parts of another model are one line each."""
     import numpy as np
     from conftest import EXAMPLES
@@ -160,9 +160,12 @@ def test_embed_in_three_parts_and_merge_equals_one_embed(tiny_export, tmp_path):
     r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / "whole"), *common])
     assert r.exit_code == 0, r.output
     for i in range(3):
-        r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / f"part{i}"), "--num-shards", "3",
-                                "--shard-index", str(i), *common])
+        old = i == 2  # the old spellings still work, with one note
+        r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / f"part{i}"),
+                                *(["--num-shards", "3", "--shard-index", str(i)] if old else ["--parts", "3", "--part",
+                                                                                              str(i)]), *common])
         assert r.exit_code == 0, r.output
+        assert ("--num-shards/--shard-index are now --parts/--part" in r.stderr) == old
     parts = [str(tmp_path / f"part{i}") for i in (2, 0, 1)]  # any order
     r = runner.invoke(app, ["index", "merge", *parts, "--out", str(tmp_path / "merged")])
     assert r.exit_code == 0, r.output + repr(r.exception)
@@ -173,9 +176,8 @@ def test_embed_in_three_parts_and_merge_equals_one_embed(tiny_export, tmp_path):
     assert meta["count"] == 600 and meta["next_id"] == 600
     r = runner.invoke(app, ["index", "merge", parts[0], parts[1], "--out", str(tmp_path / "bad")])
     assert isinstance(r.exception, ConvirtError) and str(r.exception).endswith("parts [0, 2] of 3: part(s) [1] missing")
-    r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / "p"), "--num-shards", "3",
-                            "--shard-index", "3", *common])
-    assert isinstance(r.exception, ConvirtError) and "--shard-index 3 is not one of 0..2" in str(r.exception)
+    r = runner.invoke(app, ["embed", str(table), "--out", str(tmp_path / "p"), "--parts", "3", "--part", "3", *common])
+    assert isinstance(r.exception, ConvirtError) and "--part 3 is not one of 0..2" in str(r.exception)
 
 
 @pytest.mark.slow

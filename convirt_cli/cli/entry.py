@@ -41,12 +41,20 @@ def _path(v: Any) -> Path:
     return Path(_text(v))
 
 
-def _positive(v: Any) -> int:
+def _count(v: Any, least: int) -> int:
     if type(v) is str and v.isascii() and v.isdigit():
         v = int(v)
-    if type(v) is not int or v < 1:
+    if type(v) is not int or v < least:
         raise Decline
     return v
+
+
+def _positive(v: Any) -> int:
+    return _count(v, 1)
+
+
+def _nonnegative(v: Any) -> int:
+    return _count(v, 0)
 
 
 def _bool(v: Any) -> bool:
@@ -86,12 +94,25 @@ def _many(item: Callable[[Any], Any]) -> Callable[[Any], list]:
     return check
 
 
+def _where(v: Any) -> list[str]:
+    """--where conditions, checked by the grammar RetrieveConfig uses (data/where.py)."""
+    from convirt_cli.torchfree.data.where import where_items
+
+    try:
+        return where_items(_many(_text)(v))
+    except ValueError:
+        raise Decline from None
+
+
 RETRIEVE: dict[str, Field] = {
     "query": Field(("--query", "-q"), "multi", _many(_text), []),
     "image": Field(("--image",), "multi", _many(_path), []),
+    "like": Field(("--like",), "multi", _many(_nonnegative), []),
     "queries": Field(("--queries",), "value", _text, None),
     "index": Field(("--index",), "value", _path, None),
     "k": Field(("--k", "-k"), "value", _positive, 10),
+    "offset": Field(("--offset",), "value", _nonnegative, 0),
+    "where": Field(("--where",), "multi", _where, []),
     "format": Field(("--format", "-f"), "value", _choice("table", "jsonl", "csv", "paths", "html"), "table"),
     "out": Field(("--out", "-o"), "value", _path, None),
     "exact": Field(("--exact",), "flag", _bool, False),
@@ -171,9 +192,9 @@ def _fast(argv: list[str]) -> Callable[[], None] | None:
         return None
 
     def work() -> None:
-        from convirt_cli.cli.retrieval import retrieve
+        from convirt_cli.cli.retrieve import run
 
-        retrieve(cfg)
+        run(cfg)
     return work
 
 

@@ -39,12 +39,9 @@ def check_sections(value: Any) -> list[str]:
 
 def check_where(value: Any) -> Any:
     """--where COL=V1,V2 or COL!=V1,V2 (repeatable; CONVIRT_WHERE / convirt.toml may join several with ';')."""
-    items = [v for s in ([value] if isinstance(value, str) else value) for v in str(s).split(";") if v.strip()]
-    for item in items:
-        col, _, values = item.partition("=")
-        if not col.removesuffix("!").strip() or not [v for v in values.split(",") if v.strip()]:
-            raise ValueError(f"{item!r} is not COLUMN=VALUE[,VALUE...] or COLUMN!=VALUE[,...] (e.g. view=PA,AP)")
-    return items
+    from convirt_cli.torchfree.data.where import where_items
+
+    return where_items(value)
 
 
 def check_window(value: str) -> str:
@@ -305,19 +302,19 @@ class EmbedConfig(ServeSettings):
     image_col: str = "image"
     text_col: str = "text"
     slices: str = "middle"  # volumes: which axial slices become items (each with its slice index)
+    columns: list[str] = []  # metadata columns each item keeps, for `retrieve --where` (only these: no patient ids)
     # one of N contiguous parts of INPUT (a job array, several GPUs or machines); `index merge` joins them
-    num_shards: Positive = 1
-    shard_index: NonNegative = 0
+    parts: Positive = 1
+    part: NonNegative = 0
     _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
+    _columns = field_validator("columns", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
 
     @model_validator(mode="after")
-    def _shard(self) -> EmbedConfig:
-        if self.shard_index >= self.num_shards:
-            raise ValueError(f"--shard-index {self.shard_index} is not one of 0..{self.num_shards - 1} "
-                             f"(--num-shards {self.num_shards})")
-        if self.num_shards > 1 and self.append:
-            raise ValueError("--append with --num-shards: embed each part into its own --out, then `convirt index "
-                             "merge`")
+    def _part(self) -> EmbedConfig:
+        if self.part >= self.parts:
+            raise ValueError(f"--part {self.part} is not one of 0..{self.parts - 1} (--parts {self.parts})")
+        if self.parts > 1 and self.append:
+            raise ValueError("--append with --parts: embed each part into its own --out, then `convirt index merge`")
         return self
 
 
@@ -326,14 +323,18 @@ class RetrieveConfig(ServeSettings):
 
     query: list[str] = []
     image: list[Path] = []
+    like: list[NonNegative] = []  # item ids: more like this item (itself left out)
     queries: str | None = None  # file of lines (texts or image paths), or "-" for stdin
     index: Path | None = None  # None: <runs_dir>/latest-index
     k: Positive = 10
+    offset: NonNegative = 0  # skip this many hits: a next page
+    where: list[str] = []  # COL=V1,V2 / COL!=V on the items' stored columns (`embed --columns`)
     format: Literal["table", "jsonl", "csv", "paths", "html"] = "table"
-    out: Path | None = None  # html: write here instead of stdout
+    out: Path | None = None  # write the results here instead of stdout
     exact: bool = False  # ignore a FAISS index
     slices: str = "middle"  # an --image volume: which axial slices are queries
     _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
+    _where = field_validator("where", mode="before")(classmethod(lambda cls, v: check_where(v)))
 
 
 class IndexBuildConfig(Config):
@@ -341,7 +342,7 @@ class IndexBuildConfig(Config):
 
     index: Path | None = None
     faiss: bool = True
-    kind: Literal["auto", "hnsw", "ivf", "ivfpq", "flat"] = "auto"
+    index_type: Literal["auto", "hnsw", "ivf", "ivfpq", "flat"] = "auto"
     nlist: Positive | None = None
     m: Annotated[int, Field(ge=2)] = 32
     ef_search: Positive = 128

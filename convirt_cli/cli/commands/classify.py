@@ -41,17 +41,23 @@ def classify(
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Label each image with the class whose prompt embedding is nearest; report accuracy and one-vs-rest AUC."""
-    flags = dict(locals())
-    from convirt_cli.cli.commands.evaluate import emit, load_labelled, load_prompts
-    from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import ClassifyConfig
+
+    _run(resolve(ClassifyConfig, data=data, label_col=label_col, template=template, prompts=prompts,
+                 ignore_label=ignore_label, where=where, join=join, image_col=image_col, model=model, backend=backend,
+                 device=device, batch_size=batch_size, threads=threads, format=format, out=out, runs_dir=runs_dir))
+
+
+def _run(cfg) -> None:
+    from convirt_cli.cli.output import write_report
+    from convirt_cli.cli.progress import note, progress_bar
+    from convirt_cli.torchfree.evaluate.labelled import load_labelled, load_prompts
     from convirt_cli.torchfree.evaluate.zeroshot import classify as run_classify
     from convirt_cli.torchfree.serve.backends import open_encoder
 
-    cfg = resolve(ClassifyConfig, **flags)
     paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, where=cfg.where,
-                                   join=cfg.join)
+                                     join=cfg.join, progress=progress_bar, note=note)
     given = load_prompts(cfg.prompts)
     prompt_map = given or {c: [cfg.template.replace("{label}", c)] for c in sorted(set(labels))}
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
@@ -59,4 +65,4 @@ def classify(
         report = run_classify(encoder, paths, labels, prompt_map, cfg.batch_size, advance)
     report |= {"model": str(encoder.path), "fingerprint": encoder.fingerprint, "data": str(cfg.data),
                "label_col": cfg.label_col}
-    emit(report, cfg.format, cfg.out, _tables)
+    write_report(report, cfg.format, cfg.out, _tables)

@@ -17,7 +17,8 @@ app = typer.Typer(no_args_is_help=True, help="Manage search indexes made by `con
 def build(
     index: Annotated[Path | None, typer.Argument(help="Index folder (default: the last one embedded).")] = None,
     faiss: Annotated[bool | None, typer.Option("--faiss", help="Build a FAISS index (needs pip install 'convirt[faiss]').")] = None,
-    kind: Annotated[str | None, typer.Option(help="auto (HNSW while an exact scan is under ~2 GiB, else IVF-PQ) | hnsw | ivf | ivfpq | flat")] = None,
+    index_type: Annotated[str | None, typer.Option("--index-type", help="auto (HNSW while an exact scan is under ~2 GiB, else IVF-PQ) | hnsw | ivf | ivfpq | flat")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", hidden=True, help="Old spelling of --index-type.")] = None,
     nlist: Annotated[int | None, typer.Option(help="ivf: number of lists (default ~4 sqrt(N)).")] = None,
     m: Annotated[int | None, typer.Option(help="hnsw: neighbours per node.")] = None,
     ef_search: Annotated[int | None, typer.Option(help="hnsw: search breadth.")] = None,
@@ -25,35 +26,38 @@ def build(
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Write faiss.index into INDEX; `convirt retrieve` then uses it (unless --exact). Prints recall@10 vs exact."""
-    flags = dict(locals())
     import sys
 
+    from convirt_cli.cli.progress import note
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import IndexBuildConfig
     from convirt_cli.torchfree.serve.index import build_faiss, latest_index, open_index
 
-    cfg = resolve(IndexBuildConfig, **flags)
+    if kind is not None:
+        note("note: `index build --kind` is now --index-type (the old spelling will go)")
+        index_type = kind if index_type is None else index_type
+    cfg = resolve(IndexBuildConfig, index=index, faiss=faiss, index_type=index_type, nlist=nlist, m=m,
+                  ef_search=ef_search, nprobe=nprobe, runs_dir=runs_dir)
     idx = open_index(cfg.index or latest_index(cfg.runs_dir))
-    info = build_faiss(idx, cfg.kind, cfg.nlist, cfg.m, cfg.ef_search, cfg.nprobe)
+    info = build_faiss(idx, cfg.index_type, cfg.nlist, cfg.m, cfg.ef_search, cfg.nprobe)
     print(json.dumps(info))
-    print(f"faiss {info['kind']} index ({info['chosen']}) of {info['count']} items in {idx.path}: recall@10 vs exact "
-          f"{info['recall_at_10']:.3f}", file=sys.stderr)
+    print(f"faiss {info['index_type']} index ({info['chosen']}) of {info['count']} items in {idx.path}: recall@10 "
+          f"vs exact {info['recall_at_10']:.3f}", file=sys.stderr)
 
 
 @app.command("merge", no_args_is_help=True)
 def merge(
-    parts: Annotated[list[Path], typer.Argument(help="Index folders written by `convirt embed --num-shards N --shard-index I`.")],
+    parts: Annotated[list[Path], typer.Argument(help="Index folders written by `convirt embed --parts N --part I`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")],
 ) -> None:
-    """Join the parts of a sharded embed into one index: ids and input order kept, model fingerprints must agree."""
-    flags = dict(locals())
+    """Join the parts of a split embed into one index: ids and input order kept, model fingerprints must agree."""
     import sys
 
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import IndexMergeConfig
     from convirt_cli.torchfree.serve.index import merge_indexes
 
-    cfg = resolve(IndexMergeConfig, **flags)
+    cfg = resolve(IndexMergeConfig, parts=parts, out=out)
     meta = merge_indexes(cfg.parts, cfg.out)
     print(f"merged {len(cfg.parts)} parts: {meta['count']} x {meta['dim']} {meta['kind']} embeddings -> {cfg.out}",
           file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Retrieval results as jsonl / csv / paths / html text: stable columns, one record per hit. `slice` and
+"""Search results as jsonl / csv / paths text: stable columns, one record per hit (gallery.py: html). `slice` and
 `query_slice`: the axial slice of a volume (NIfTI) hit or query, blank for 2-D images."""
 
 from __future__ import annotations
@@ -10,12 +10,22 @@ import json
 FIELDS = ["query", "query_kind", "rank", "score", "id", "path", "text", "source", "slice", "query_slice"]
 
 
+def query_label(q: dict) -> tuple[str, str]:
+    """A result's query record ({text} | {path} | {image: name} | {like: id}) -> (what it was, its kind)."""
+    if "text" in q:
+        return q["text"], "text"
+    if "like" in q:
+        return str(q["like"]), "item"
+    return q.get("path") or q["image"], "image"
+
+
 def records(results: list[dict]):
     for r in results:
         q = r["query"]
+        query, kind = query_label(q)
         for h in r["hits"]:
             it = h["item"]
-            yield {"query": q.get("text", q.get("path")), "query_kind": "text" if "text" in q else "image",
+            yield {"query": query, "query_kind": kind,
                    "rank": h["rank"], "score": round(h["score"], 6), "id": it["id"], "path": it.get("path"),
                    "text": it.get("text"), "source": it.get("source"), "slice": it.get("slice"),
                    "query_slice": q.get("slice")}

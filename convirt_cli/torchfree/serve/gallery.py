@@ -40,7 +40,7 @@ def _card(item: dict, score: float, rank: int) -> str:
 
 
 def render(results: list[dict], title: str = "convirt retrieve") -> str:
-    """results: [{query: {text | path}, hits: [{item, score}]}] -> one HTML document."""
+    """results: [{query: {text | path | image | like}, hits: [{item, score}]}] -> one HTML document."""
     sections = []
     for r in results:
         q = r["query"]
@@ -48,8 +48,10 @@ def render(results: list[dict], title: str = "convirt retrieve") -> str:
             uri = thumbnail_data_uri(q["path"], slice=q.get("slice"))
             head = (f'<img class="query" src="{uri}" alt="query">' if uri else "") + html.escape(
                 q["path"] + ("" if q.get("slice") is None else f" slice {q['slice']}"))
-        else:
+        elif "text" in q:
             head = "&ldquo;" + html.escape(q["text"]) + "&rdquo;"
+        else:
+            head = html.escape(f"more like id {q['like']}" if "like" in q else str(q["image"]))
         cards = "".join(_card(h["item"], h["score"], i + 1) for i, h in enumerate(r["hits"]))
         sections.append(f'<section><h2>{head}</h2><div class="grid">{cards}</div></section>')
     style = ("body{font-family:sans-serif;margin:1em;background:#fafafa}"

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,21 @@ class Items(Sequence):
         if not isinstance(item, dict):
             raise ConvirtError(f"{self.path}:{i + 1}: damaged line; {self.fix}")
         return item
+
+    def row_of(self, item_id: int) -> int | None:
+        """The row holding item `item_id`, or None. Rows are in ascending id order (embed numbers inputs in order,
+        --append continues after the last id, merge sorts by id; write_index checks it), so a binary search decodes
+        ~log2(N) lines."""
+        lo, hi = 0, self.count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self[mid].get("id")
+            if not isinstance(found, int):
+                raise ConvirtError(f"{self.path}:{mid + 1}: an item without an integer id; {self.fix}")
+            if found == item_id:
+                return mid
+            lo, hi = (mid + 1, hi) if found < item_id else (lo, mid)
+        return None
 
 
 @dataclass
@@ -151,6 +167,9 @@ def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dic
     path = Path(path)
     if len(items) != len(embeddings):
         raise ValueError("one item per embedding row")
+    ids = [it["id"] for it in items]
+    if any(b <= a for a, b in pairwise(ids)):
+        raise ValueError("item ids must ascend (Items.row_of finds an id by binary search)")
     dim = int(meta["dim"])
     if append and is_index_dir(path):
         old = open_index(path)
@@ -176,8 +195,8 @@ def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dic
 
 
 def merge_indexes(parts: list[Path], out: Path) -> dict:
-    """Join the parts of a sharded `embed` (or any indexes of one model and kind) into one index at `out`, rows in
-    id order: a merge of all N parts equals one `embed` of the whole input, row for row."""
+    """Join the parts of a split `embed --parts N` (or any indexes of one model and kind) into one index at `out`,
+    rows in id order: a merge of all N parts equals one `embed` of the whole input, row for row."""
     if not parts:
         raise ConvirtError("index merge: name the part folders to join")
     opened = []
@@ -192,10 +211,10 @@ def merge_indexes(parts: list[Path], out: Path) -> dict:
             if idx.meta[key] != first.meta[key]:
                 raise ConvirtError(f"index merge: {idx.path} has {key} {idx.meta[key]} but {first.path} has "
                                    f"{first.meta[key]}; merge parts embedded by the same model")
-    shard_info = [idx.meta.get("part") for idx in opened]
-    if all(shard_info):
-        of = {s["of"] for s in shard_info}
-        have = sorted(s["index"] for s in shard_info)
+    part_info = [idx.meta.get("part") for idx in opened]
+    if all(part_info):
+        of = {s["of"] for s in part_info}
+        have = sorted(s["index"] for s in part_info)
         if len(of) > 1 or have != list(range(next(iter(of)))):
             want = max(of)
             missing = sorted(set(range(want)) - set(have))
@@ -241,16 +260,34 @@ def latest_index(runs_dir: Path) -> Path:
 
 
 # exact search scans ~20 GB/s per query on one socket (RESULTS.md, retrieve_bench): 2 GiB is ~0.1 s, the edge of
-# interactive; above it `--kind auto` compresses (IVF-PQ) so memory and time per query shrink together
+# interactive; above it `--index-type auto` compresses (IVF-PQ) so memory and time per query shrink together
 EXACT_MAX_BYTES = 2 << 30
 
 
-def choose_kind(n: int, d: int, exact_max_bytes: int = EXACT_MAX_BYTES) -> str:
+def choose_index_type(n: int, d: int, exact_max_bytes: int = EXACT_MAX_BYTES) -> str:
     """auto: HNSW over the full vectors while an exact scan is still interactive, IVF-PQ above that."""
     return "ivfpq" if n * d * 4 > exact_max_bytes else "hnsw"
 
 
-def build_faiss(index: Index, kind: str = "auto", nlist: int | None = None, m: int = 32, ef_search: int = 128,
+def _recall_at_10(index: Index, fi, rows: np.ndarray) -> float:
+    """Recall@10 of FAISS index `fi` against exact search, the items at `rows` as queries, each query's own row
+    left out of both lists."""
+    from convirt_cli.torchfree.serve.search import search
+
+    q = np.ascontiguousarray(index.embeddings[rows], dtype=np.float32)
+    k = min(10, index.count - 1)
+    if k <= 0:
+        return 1.0
+    _, exact = search(index.embeddings, q, k + 1)
+    _, approx = fi.search(q, k + 1)
+
+    def others(found, own):
+        return [r for r in found if r != own and r >= 0][:k]
+
+    return float(np.mean([len(set(others(a, i)) & set(others(e, i))) / k for a, e, i in zip(approx, exact, rows)]))
+
+
+def build_faiss(index: Index, index_type: str = "auto", nlist: int | None = None, m: int = 32, ef_search: int = 128,
                 nprobe: int = 16, sample: int = 1000, seed: int = 0, exact_max_bytes: int = EXACT_MAX_BYTES) -> dict:
     """Write faiss.index (+ faiss.json with its recall@10 against exact search on `sample` item queries).
 
@@ -260,62 +297,51 @@ def build_faiss(index: Index, kind: str = "auto", nlist: int | None = None, m: i
         import faiss
     except ImportError:
         raise ConvirtError("FAISS is optional: pip install 'convirt[faiss]' (faiss-cpu)") from None
-    from convirt_cli.torchfree.serve.search import search
-
     d, n = int(index.meta["dim"]), index.count
     if n == 0:
         raise ConvirtError(f"{index.path}: empty index")
     x = np.ascontiguousarray(index.embeddings, dtype=np.float32)
     chosen_by = "given"
-    if kind == "auto":
-        kind, chosen_by = choose_kind(n, d, exact_max_bytes), f"auto (exact scan {n * d * 4 / 2**30:.2f} GiB)"
+    if index_type == "auto":
+        index_type = choose_index_type(n, d, exact_max_bytes)
+        chosen_by = f"auto (exact scan {n * d * 4 / 2**30:.2f} GiB)"
     pq_bytes = None
-    if kind == "flat":
+    if index_type == "flat":
         fi = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
+    elif index_type == "hnsw":
         fi = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
         fi.hnsw.efSearch = ef_search
-    elif kind == "ivf":
+    elif index_type == "ivf":
         nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
         fi = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         fi.train(x)
         fi.nprobe = min(nprobe, nlist)
-    elif kind == "ivfpq":  # d/8 sub-quantisers of 8 bits: 1/32 of the float32 vectors' memory
+    elif index_type == "ivfpq":  # d/8 sub-quantisers of 8 bits: 1/32 of the float32 vectors' memory
         nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
         pq_bytes = next(b for b in (d // 8, d // 4, d // 2, d) if b > 0 and d % b == 0)
         fi = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
         if n < 256:
-            raise ConvirtError(f"--kind ivfpq needs at least 256 items to train its codebooks ({n} here); "
-                               "use --kind hnsw")
+            raise ConvirtError(f"--index-type ivfpq needs at least 256 items to train its codebooks ({n} here); "
+                               "use --index-type hnsw")
         fi.train(x[np.random.default_rng(seed).choice(n, size=min(n, 256 * max(nlist, 39)), replace=False)])
         fi.nprobe = min(max(nprobe, 32), nlist)
     else:
-        raise ConvirtError(f"--kind {kind}: expected auto, flat, hnsw, ivf or ivfpq")
+        raise ConvirtError(f"--index-type {index_type}: expected auto, flat, hnsw, ivf or ivfpq")
     fi.add(x)
-    rng = np.random.default_rng(seed)
-    qi = rng.choice(n, size=min(sample, n), replace=False)
-    q = x[qi]
-    k = min(10, n - 1)
-    _, exact = search(index.embeddings, q, k + 1)
-    _, approx = fi.search(q, k + 1)
-
-    def others(rows, own):
-        return [r for r in rows if r != own and r >= 0][:k]
-
-    recall = float(np.mean([len(set(others(a, i)) & set(others(e, i))) / k for a, e, i in zip(approx, exact, qi)])) \
-        if k > 0 else 1.0
+    qi = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    recall = _recall_at_10(index, fi, qi)
     tmp = index.path / f".{FAISS_FILE}.tmp"
     faiss.write_index(fi, str(tmp))
     os.replace(tmp, index.path / FAISS_FILE)
-    info = {"kind": kind, "chosen": chosen_by, "count": n, "recall_at_10": recall, "queries": len(qi),
+    info = {"index_type": index_type, "chosen": chosen_by, "count": n, "recall_at_10": recall, "queries": len(qi),
             "nlist": nlist, "m": m, "ef_search": ef_search, "nprobe": getattr(fi, "nprobe", nprobe),
             "pq_bytes_per_vector": pq_bytes, "fingerprint": index.meta["fingerprint"]}
     write_json(index.path / FAISS_META, info)
     return info
 
 
-def faiss_search(index: Index, queries: np.ndarray, k: int):
-    """(scores, rows) from faiss.index when it exists and matches the index; else None."""
+def open_faiss(index: Index):
+    """faiss.index when it exists, matches the index (count and model) and FAISS is installed; else None (exact)."""
     fpath, mpath = index.path / FAISS_FILE, index.path / FAISS_META
     if not (fpath.is_file() and mpath.is_file()):
         return None
@@ -326,6 +352,4 @@ def faiss_search(index: Index, queries: np.ndarray, k: int):
         import faiss
     except ImportError:
         return None
-    fi = faiss.read_index(str(fpath))
-    s, r = fi.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.count))
-    return s, r.astype(np.int64)
+    return faiss.read_index(str(fpath))
