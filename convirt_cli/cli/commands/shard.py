@@ -37,9 +37,9 @@ def shard(
     from convirt_cli.torchfree.config import ShardConfig
 
     cfg = resolve(ShardConfig, data=data, out=out, per_shard=per_shard, max_side=max_side, window=window,
-                  slices=slices, workers=workers, image_col=image_col, text_col=text_col, sections=sections, split_col=split_col,
-                  patient_col=patient_col, val_fraction=val_fraction, encoding=encoding, strict=strict, where=where,
-                  join=join, seed=seed)
+                  slices=slices, workers=workers, image_col=image_col, text_col=text_col, sections=sections,
+                  split_col=split_col, patient_col=patient_col, val_fraction=val_fraction, encoding=encoding,
+                  strict=strict, where=where, join=join, seed=seed)
     _run(cfg, None if no_text else cfg.text_col)
 
 
