@@ -1,9 +1,11 @@
 """Claims: a cold `convirt retrieve --query ... --format paths` on a 10k-item index takes at most 2x the import
 floor of the torch-free path (`python -c "import onnxruntime, tokenizers, numpy, PIL.Image"`), measured side by
-side (the two alternate, medians of --repeats); exact blockwise search scans memory-mapped embeddings near memory
-bandwidth. ONE JSON line.
+side (they alternate, medians of --repeats), when there is nothing to layer (no convirt.toml, no CONVIRT_*
+variable); `with_config` says what a convirt.toml and a CONVIRT_* variable cost; exact blockwise search scans
+memory-mapped embeddings near memory bandwidth. ONE JSON line.
 
     python benchmarks/retrieve_bench.py [--preset convirt-resnet18-minilm] [--sizes 100000,1000000] [--repeats 9]
+    python benchmarks/retrieve_bench.py --cold-only    # the cold-start part alone
 
 The 10k index holds random unit vectors stamped with the export's fingerprint (embedding 10k real images
 would measure embed, not retrieve). Bandwidth: a plain numpy copy of 1 GiB in the same run.
@@ -65,10 +67,12 @@ def search_throughput(emb: np.ndarray, q: int, k: int = 10) -> dict:
 FLOOR = [sys.executable, "-c", "import onnxruntime, tokenizers, numpy, PIL.Image"]
 
 
-def _wall(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def _wall(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Seconds for one fresh process; no CONVIRT_* variable but those in `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVIRT_")}
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                       check=False)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False,
+                       env=clean | {"PYTHONPATH": str(ROOT)} | (env or {}))
     return time.perf_counter() - t, p
 
 
@@ -97,18 +101,27 @@ def cold_retrieve(preset: str, tmp: Path, n: int = 10_000, repeats: int = 9) -> 
     cmd = [str(script) if script.is_file() else sys.executable, *([] if script.is_file() else ["-m", "convirt_cli"]),
            "retrieve", "--query", "right lower lobe consolidation", "--index", str(tmp / "index"), "-k", "10",
            "--format", "paths"]
-    _wall(cmd, ROOT), _wall(FLOOR, ROOT)  # warm the page cache for both
-    walls, floors = [], []
-    for _ in range(repeats):  # alternate, so machine drift hits both alike
-        w, p = _wall(cmd, ROOT)
-        assert p.returncode == 0 and len(p.stdout.splitlines()) == 10, p.stderr
-        walls.append(w)
-        floors.append(_wall(FLOOR, ROOT)[0])
-    med, floor = statistics.median(walls), statistics.median(floors)
+    configured = tmp / "configured"  # a convirt.toml and a CONVIRT_* variable, as a set-up machine has them
+    configured.mkdir()
+    (configured / "convirt.toml").write_text('device = "cpu"\n[retrieve]\nk = 10\n')
+    runs = {"plain": (ROOT, None), "with_config": (configured, {"CONVIRT_BACKEND": "onnx"}), "floor": (ROOT, None)}
+    for name, (cwd, env) in runs.items():  # warm the page cache
+        _wall(FLOOR if name == "floor" else cmd, cwd, env)
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):  # alternate, so machine drift hits all alike
+        for name, (cwd, env) in runs.items():
+            w, p = _wall(FLOOR if name == "floor" else cmd, cwd, env)
+            assert p.returncode == 0 and (name == "floor" or len(p.stdout.splitlines()) == 10), p.stderr
+            walls[name].append(w)
+    med = {name: statistics.median(w) for name, w in walls.items()}
+    floor = med["floor"]
     return {"preset": preset, "items": n, "dim": d, "backend": read_json(tmp / "index" / "index.json")["backend"],
             "graph_bytes": {g: sum(f.stat().st_size for f in export.glob(f"{g}.onnx*")) for g in ("image", "text")},
-            "wall_s": [round(w, 3) for w in walls], "median_wall_s": round(med, 3),
-            "import_floor_s": round(floor, 3), "over_floor": round(med / floor, 2)}
+            "wall_s": [round(w, 3) for w in walls["plain"]], "median_wall_s": round(med["plain"], 3),
+            "import_floor_s": round(floor, 3), "over_floor": round(med["plain"] / floor, 2),
+            "with_config": {"median_wall_s": round(med["with_config"], 3),
+                            "over_floor": round(med["with_config"] / floor, 2),
+                            "cost_s": round(med["with_config"] - med["plain"], 3)}}
 
 
 def main() -> None:
@@ -117,6 +130,7 @@ def main() -> None:
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--cold-only", action="store_true", help="only the cold-start part")
     a = p.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -125,6 +139,9 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as tmp:
         out["cold_retrieve"] = cold_retrieve(a.preset, Path(tmp), repeats=a.repeats)
+    if a.cold_only:
+        print(json.dumps(out))
+        return
     out["memory_bandwidth_copy_gbs"] = round(memory_bandwidth_gbs(), 2)
     out["exact_search"] = []
     for n in (int(s) for s in a.sizes.split(",")):
