@@ -1,7 +1,8 @@
-"""Settings precedence: flags > CONVIRT_* env > convirt.toml > the preset's recipe > defaults; only the CLI
-reads env and file; every bad value is one line naming how it was given."""
+"""Settings precedence: flags > CONVIRT_COMMAND__KEY > CONVIRT_KEY > convirt.toml ([command] > top level) > the
+preset's recipe > defaults; only the CLI reads env and file; every bad value is one line naming how it was given."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,8 +118,78 @@ def test_env_and_file_errors_name_their_origin(tmp_path, monkeypatch):
     with pytest.raises(ConvirtError, match=r"\[pretrain\] has unknown keys \['epoch'\]"):
         resolve(PretrainConfig, data="d")
     (tmp_path / "convirt.toml").write_text("[pretrain]\nlr = 0\n")
-    with pytest.raises(ConvirtError, match=r"convirt.toml: lr = 0: input should be greater than 0"):
+    with pytest.raises(ConvirtError, match=r"convirt.toml: pretrain.lr = 0: input should be greater than 0"):
         resolve(PretrainConfig, data="d")
+
+
+def _clean(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for k in [k for k in os.environ if k.upper().startswith("CONVIRT_")]:
+        monkeypatch.delenv(k)
+
+
+def test_a_commands_variable_beats_the_shared_one(tmp_path, monkeypatch):
+    """pydantic-settings' nested form: CONVIRT_PRETRAIN__EPOCHS is pretrain's alone and beats CONVIRT_EPOCHS, as
+    [pretrain] epochs beats a top-level epochs; lists in a variable are comma-separated."""
+    _clean(monkeypatch, tmp_path)
+    (tmp_path / "convirt.toml").write_text("epochs = 5\nseed = 2\n[pretrain]\nepochs = 3\n")
+    c = resolve(PretrainConfig, data="d")
+    assert (c.epochs, c.seed) == (3, 2)
+    monkeypatch.setenv("CONVIRT_EPOCHS", "4")
+    monkeypatch.setenv("CONVIRT_PRETRAIN__EPOCHS", "20")
+    monkeypatch.setenv("CONVIRT_FINETUNE__EPOCHS", "9")
+    monkeypatch.setenv("CONVIRT_PRETRAIN__JOIN", "a.csv,b.csv")
+    c = resolve(PretrainConfig, data="d")
+    assert (c.epochs, c.join, c.seed) == (20, [Path("a.csv"), Path("b.csv")], 2)
+    assert [c.sources()[k] for k in ("epochs", "join", "seed", "lr")] == ["env", "env", "toml", "default"]
+    assert resolve(FinetuneConfig, data="d").epochs == 9
+    monkeypatch.setenv("CONVIRT_PRETRAIN__BATCH_SIZE", "1")
+    with pytest.raises(ConvirtError, match=r"^CONVIRT_PRETRAIN__BATCH_SIZE=1: input should be greater than or equal "
+                                           r"to 2$"):
+        resolve(PretrainConfig, data="d")
+
+
+@pytest.mark.parametrize(("env", "toml", "message"), [
+    ({"CONVIRT_EPOCH": "3"}, "", "CONVIRT_EPOCH: no command has a setting 'epoch'"),
+    ({"CONVIRT_PRETRAIN__EPOCH": "3"}, "", "CONVIRT_PRETRAIN__EPOCH: `convirt pretrain` has no setting 'epoch'"),
+    ({"CONVIRT_PRETRAN__EPOCHS": "3"}, "", "CONVIRT_PRETRAN__EPOCHS: no command is called 'pretran'"),
+    ({"CONVIRT_CONFIG": "nope.toml"}, "", "CONVIRT_CONFIG=nope.toml: no such file"),
+    ({}, "epoch = 3\n", "convirt.toml: unknown key 'epoch'"),
+    ({}, "[pretran]\nepochs = 3\n", "convirt.toml: [pretran] is not a command"),
+    ({}, "[embed]\nnosuch = 3\n", "convirt.toml: [embed] has unknown keys ['nosuch']"),  # another command's table
+    ({}, "[pretrain\n", "convirt.toml: not valid TOML"),
+    ({}, "[pretrain]\nwhere = 'view'\n", "convirt.toml: pretrain.where = 'view': 'view' is not COLUMN=VALUE"),
+])
+def test_unknown_or_bad_settings_are_one_line_naming_their_place(tmp_path, monkeypatch, env, toml, message):
+    _clean(monkeypatch, tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if toml:
+        (tmp_path / "convirt.toml").write_text(toml)
+    with pytest.raises(ConvirtError) as e:
+        resolve(PretrainConfig, data="d")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_default_never_overrides_a_file_or_a_variable(tmp_path, monkeypatch):
+    """A value equal to the built-in default, written in the file or a variable, is the user's choice: the preset's
+    recipe (which ranks above defaults only) must not replace it, and its source says so."""
+    _clean(monkeypatch, tmp_path)
+    (tmp_path / "convirt.toml").write_text("[pretrain]\nepochs = 10\n")  # 10 is the default
+    monkeypatch.setenv("CONVIRT_LR", "0.0001")  # so is 1e-4
+    recipe = {"epochs": 40, "lr": 5e-3, "batch_size": 16}
+    c = apply_recipe(resolve(PretrainConfig, data="d", batch_size=None), recipe, "preset p")
+    assert (c.epochs, c.lr, c.batch_size) == (10, 1e-4, 16)
+    assert [c.sources()[k] for k in ("epochs", "lr", "batch_size")] == ["toml", "env", "preset p"]
+
+
+def test_convirt_config_names_the_file(tmp_path, monkeypatch):
+    _clean(monkeypatch, tmp_path)
+    (tmp_path / "convirt.toml").write_text("[pretrain]\nepochs = 3\n")
+    (tmp_path / "recipe.toml").write_text("[pretrain]\nepochs = 30\n")
+    monkeypatch.setenv("CONVIRT_CONFIG", str(tmp_path / "recipe.toml"))
+    c = resolve(PretrainConfig, data="d")
+    assert (c.epochs, c.sources()["epochs"]) == (30, "toml")
 
 
 def test_config_flag_reads_a_recipe_file(tmp_path, monkeypatch):

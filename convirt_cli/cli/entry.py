@@ -1,20 +1,20 @@
 """The `convirt` console entry, with a fast lane for the command shell pipelines call cold.
 
 Typer and pydantic cost ~120 ms of a ~0.4 s `convirt retrieve`, more than the work itself. So a plain
-`convirt retrieve` (known flags, values it can check) is parsed here, without either, into an object with
-RetrieveConfig's fields, with the same precedence as cli/settings.py (flags > CONVIRT_* > convirt.toml >
-defaults), and handed to the same function the typer command calls. Anything this parser cannot vouch for
-(--help, an unknown or malformed flag, a value out of range or of the wrong type, a list in a variable) goes
-to the full CLI, which owns every message; so the fast lane never says anything the full CLI would not.
-tests/test_entry.py keeps the table below equal to RetrieveConfig and to the typer command's options.
+`convirt retrieve` (known flags, values it can check) is parsed here, without either, and handed to the same
+function the typer command calls. Its config: with no settings file and no CONVIRT_* variable (a pipeline's usual
+case) the flags over RetrieveConfig's defaults, pydantic-free; with either, the one layering (cli/settings.py),
+which then pays for pydantic-settings. Anything this parser cannot vouch for (--help, an unknown or malformed
+flag, a value out of range or of the wrong type) goes to the full CLI, which owns every message; so the fast lane
+never says anything the full CLI would not. tests/test_entry.py keeps the table below equal to RetrieveConfig and
+to the typer command's options.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -27,7 +27,7 @@ class Decline(Exception):
 class Field(NamedTuple):
     opts: tuple[str, ...]  # flag spellings (none: settable by env / toml only)
     kind: str  # "value" | "multi" (repeatable) | "flag" (no value)
-    check: Callable[[Any], Any]  # a flag / env string or a TOML value -> the config's value, or raise Decline
+    check: Callable[[Any], Any]  # the flag's string (a list of them: multi; True: flag) -> the value, or Decline
     default: Any
 
 
@@ -42,11 +42,9 @@ def _path(v: Any) -> Path:
 
 
 def _count(v: Any, least: int) -> int:
-    if type(v) is str and v.isascii() and v.isdigit():
-        v = int(v)
-    if type(v) is not int or v < least:
+    if type(v) is not str or not v.isascii() or not v.isdigit() or int(v) < least:
         raise Decline
-    return v
+    return int(v)
 
 
 def _positive(v: Any) -> int:
@@ -57,14 +55,8 @@ def _nonnegative(v: Any) -> int:
     return _count(v, 0)
 
 
-def _bool(v: Any) -> bool:
-    if type(v) is bool:
-        return v
-    if v in ("true", "1"):
-        return True
-    if v in ("false", "0"):
-        return False
-    raise Decline
+def _flag(v: Any) -> bool:
+    return v is True
 
 
 def _slices(v: Any) -> str:
@@ -88,8 +80,6 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 def _many(item: Callable[[Any], Any]) -> Callable[[Any], list]:
     def check(v: Any) -> list:
-        if type(v) is not list:  # a variable holding a list is the full CLI's to explain
-            raise Decline
         return [item(x) for x in v]
     return check
 
@@ -115,7 +105,7 @@ RETRIEVE: dict[str, Field] = {
     "where": Field(("--where",), "multi", _where, []),
     "format": Field(("--format", "-f"), "value", _choice("table", "jsonl", "csv", "paths", "html"), "table"),
     "out": Field(("--out", "-o"), "value", _path, None),
-    "exact": Field(("--exact",), "flag", _bool, False),
+    "exact": Field(("--exact",), "flag", _flag, False),
     "slices": Field(("--slices",), "value", _slices, "middle"),
     "model": Field(("--model", "-m"), "value", _text, None),
     "backend": Field(("--backend",), "value", _choice("auto", "onnx", "torch"), "auto"),
@@ -155,31 +145,17 @@ def _flags(argv: list[str], fields: dict[str, Field]) -> dict[str, Any]:
     return raw
 
 
-def _toml(section: str, fields: dict[str, Field]) -> dict[str, Any]:
-    path = Path(os.environ.get("CONVIRT_CONFIG", "convirt.toml"))
-    if not path.is_file():
-        return {}
-    import tomllib
+def fast_config(argv: list[str]) -> Any:
+    """retrieve's config from argv (or Decline): flags over the defaults when there is nothing to layer, else
+    settings.resolve on the same flags, exactly as the typer command calls it."""
+    flags = {k: RETRIEVE[k].check(v) for k, v in _flags(argv, RETRIEVE).items()}
+    from convirt_cli.cli import settings  # cheap: pydantic-settings is imported inside resolve()
 
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        raise Decline from None
-    table = data.get(section, {})
-    if not isinstance(table, dict) or set(table) - set(fields):
-        raise Decline
-    return {k: v for k, v in data.items() if k in fields and not isinstance(v, dict)} | table
+    if settings.layered():
+        from convirt_cli.torchfree.config import RetrieveConfig
 
-
-def fast_config(section: str, fields: dict[str, Field], argv: list[str]) -> SimpleNamespace:
-    """The command's config from flags > CONVIRT_* > convirt.toml > defaults, or Decline."""
-    layers = [_toml(section, fields),
-              {k: os.environ[f"CONVIRT_{k.upper()}"] for k in fields if f"CONVIRT_{k.upper()}" in os.environ},
-              _flags(argv, fields)]
-    values = {k: f.default for k, f in fields.items()}
-    for layer in layers:
-        values |= {k: fields[k].check(v) for k, v in layer.items()}
-    return SimpleNamespace(**values)
+        return settings.resolve(RetrieveConfig, **flags)
+    return SimpleNamespace(**{k: f.default for k, f in RETRIEVE.items()} | flags)
 
 
 def _fast(argv: list[str]) -> Callable[[], None] | None:
@@ -187,7 +163,7 @@ def _fast(argv: list[str]) -> Callable[[], None] | None:
     if len(argv) < 2 or argv[0] != "retrieve":  # `convirt retrieve` alone shows its help
         return None
     try:
-        cfg = fast_config("retrieve", RETRIEVE, argv[1:])
+        cfg = fast_config(argv[1:])
     except Decline:
         return None
 
@@ -198,30 +174,18 @@ def _fast(argv: list[str]) -> Callable[[], None] | None:
     return work
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """A user mistake is one line on stderr and its exit code; Ctrl-C exits 130. Never a traceback for either."""
-    from convirt_cli.torchfree.errors import ConvirtError
-
-    try:
-        yield
-    except ConvirtError as e:
-        print(e.line(), file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
 def run() -> None:
-    """Console entry point: the fast lane when it applies, else the typer CLI (cli/main.py)."""
+    """Console entry point: the fast lane when it applies, else the typer CLI (cli/main.py); errors.py says how
+    either ends."""
     # the hub's and transformers' tqdm bars ("Loading weights ...") would interleave with ours on stderr
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    work = _fast(sys.argv[1:])
-    if work is None:
-        from convirt_cli.cli.main import run as full
+    from convirt_cli.cli.errors import user_errors
 
-        full()
-        return
     with user_errors():
-        work()
+        work = _fast(sys.argv[1:])
+        if work is not None:
+            work()
+            return
+    from convirt_cli.cli.main import run as full
+
+    full()

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # no plugin scan (importlib.metadata, ~10 ms) per call
-
-import typer  # after the variable above, which pydantic reads when first used
+import typer
 import typer.core
 import typer.main
 
@@ -79,23 +76,10 @@ def main(config: Annotated[Path | None, typer.Option(
 
 
 def run() -> None:
-    """The full CLI (cli/entry.py calls it for everything its fast lane does not take): a user mistake is one line
-    on stderr (exit 2), a usage mistake click's usage text (exit 2), an interrupt exits 130 / 143; never a
-    traceback for either."""
-    from convirt_cli.cli.entry import user_errors
+    """The full CLI (entry.run calls it for everything its fast lane does not take); errors.py maps how it ends:
+    a user mistake is one line on stderr, a usage mistake click's usage text, never a traceback for either."""
+    from convirt_cli.cli.errors import finish, user_errors
 
     with user_errors():
-        try:
-            code = app(standalone_mode=False)
-        except typer.Abort:
-            sys.exit(1)
-        except Exception as e:
-            # typer carries its own copy of click: recognise its usage errors by shape, not by class
-            if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-                e.show()
-                sys.exit(e.exit_code)
-            raise
-    if isinstance(code, int) and code:
-        if code == 130:  # typer turns Ctrl-C into Exit(130)
-            print("interrupted", file=sys.stderr)
-        sys.exit(code)
+        code = app(standalone_mode=False)
+    finish(code)
