@@ -336,14 +336,17 @@ def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
         w.writerows(rows)
 
     class Keep(NullReporter):
-        def data_summary(self, v, splits):
-            self.v = v
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def note(self, message):
+            self.lines.append(message)
 
     rep = Keep()
-    train, val, _, _ = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
-    assert rep.v.found == 8 and len(rep.v.usable) == 7 == len(train) + len(val)
-    assert [(row.source, why) for row, why in rep.v.skipped] == [("t.csv:8", "duplicate pair (of t.csv:2)")]
-    assert rep.v.reasons() == {"duplicate pair": 1}  # counted by kind: a thousand duplicates are one count
+    train, val, _, data = prepare_rows(PretrainConfig(data=table, text_col="report", val_fraction=0.0), True, rep)
+    assert data["found"] == 8 and data["usable"] == 7 == len(train) + len(val)
+    assert data["skipped"] == {"duplicate pair": 1}  # counted by kind: a thousand duplicates are one count
+    assert [line for line in rep.lines if "skip " in line] == ["  skip t.csv:8: duplicate pair (of t.csv:2)"]
 
 
 MIMIC_STYLE = """                                 FINAL REPORT

@@ -90,8 +90,8 @@ class KillAt(NullReporter):
     def __init__(self, n):
         self.n = n
 
-    def step(self, step, m):
-        if step == self.n:
+    def update(self, done, status):
+        if done == self.n:
             raise Kill()
 
 

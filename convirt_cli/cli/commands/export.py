@@ -23,7 +23,6 @@ def export(
 ) -> None:
     """Export a run to image.onnx + text.onnx (embedding outputs), or a fine-tuned classifier to classifier.onnx,
     and check them against torch."""
-    flags = dict(locals())
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
@@ -35,7 +34,8 @@ def export(
     from convirt_cli.torchfree.runs import resolve_run
 
     hf_logging.disable_progress_bar()
-    cfg = resolve(ExportConfig, **flags)
+    cfg = resolve(ExportConfig, run=run, onnx=onnx, out=out, fp16=fp16, int8_text=int8_text, int8_image=int8_image,
+                  opset=opset, seed=seed, runs_dir=runs_dir)
     console = Console(stderr=True)
     if cfg.run is not None and is_classifier_dir(cfg.run):
         if cfg.int8_text:

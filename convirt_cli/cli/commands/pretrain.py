@@ -10,68 +10,6 @@ import typer
 from convirt_cli.cli import options as o
 
 
-class RichReporter:
-    """Data summary, a progress bar (step, loss, samples/s, ETA) and the epoch log on stderr."""
-
-    def __init__(self):
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.progress = None
-
-    def reading(self, label, total, unit):
-        from convirt_cli.cli.progress import progress_bar
-
-        return progress_bar(label, total, unit)
-
-    def data_summary(self, v, splits):
-        reasons = ", ".join(f"{n} {r}" for r, n in v.reasons().most_common()) or "none"
-        what = "pairs" if splits.get("text", True) else "images"
-        self.console.print(f"[bold]{what}[/] found {v.found}, usable {len(v.usable)}, skipped {len(v.skipped)} "
-                           f"({reasons}); split {splits.get('by', '')}: train {splits['train']} / val {splits['val']}"
-                           + (f" / test {splits['test']} (unused)" if splits["test"] else ""))
-        for row, reason in v.skipped[:5]:
-            self.console.print(f"  [yellow]skip[/] {row.source}: {reason} ({row.image.name})")
-        if len(v.skipped) > 5:
-            self.console.print(f"  ... and {len(v.skipped) - 5} more")
-        if splits.get("kinds"):
-            self.console.print(f"[bold]images[/] {splits['kinds']} (--where COL=V,... keeps some)", highlight=False)
-
-    def start(self, total_steps, first_step):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[sps]:.1f} samples/s"),
-            TimeRemainingColumn(), console=self.console, transient=False)
-        self.task = self.progress.add_task("steps", total=total_steps, completed=first_step, loss=float("nan"), sps=0.0)
-        self.progress.start()
-
-    def step(self, step, m):
-        self.progress.update(self.task, completed=step, loss=m["loss"], sps=m["samples_per_s"])
-
-    def epoch(self, m):
-        val = "n/a" if m.get("val_loss") is None else f"{m['val_loss']:.4f}"
-        line = f"epoch {m['epoch']} step {m['step']}: val loss {val}"
-        if "val_i2t_r5" in m:
-            line += (f", image->report R@5 {m['val_i2t_r5']:.3f} (chance {m['val_r5_chance']:.3f}, "
-                     f"{m['val_retrieval_rows']} val pairs)")
-        self.progress.console.print(line)
-
-    def note(self, message):
-        self.console.print(message, highlight=False, soft_wrap=True)
-
-    def warn(self, message):
-        console = self.progress.console if self.progress is not None else self.console
-        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    def end(self, run, summary):
-        if self.progress is not None:
-            self.progress.stop()
-        bad = f", {summary['bad_images']} unreadable images skipped" if summary["bad_images"] else ""
-        self.console.print(f"[green]done[/] {summary['steps']} steps{bad}; run saved to [bold]{run}[/]")
-
-
 def pretrain(
     data: Annotated[Path | None, typer.Argument(help="Folder with pairs.csv / pairs.jsonl, such a file, or a folder of images with .txt reports (not needed with --resume).")] = None,
     objective: Annotated[str | None, typer.Option(help="convirt (images + reports) | dino (RAD-DINO: DINOv2 on images alone; default model dino-tiny) | simclr (image-only baseline).")] = None,
@@ -124,14 +62,23 @@ def pretrain(
 
     Unset settings come from convirt.toml, CONVIRT_* variables, then the preset's own recipe (`convirt models`).
     Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes it."""
-    flags = dict(locals())
     from transformers.utils import logging as hf_logging
 
+    from convirt_cli.cli.progress import RichReporter
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torch.train.loop import pretrain as run_pretrain
     from convirt_cli.torchfree.config import PretrainConfig
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bars would clutter ours
-
-    cfg = resolve(PretrainConfig, **flags)
+    cfg = resolve(
+        PretrainConfig, data=data, objective=objective, model=model, pretrained=pretrained,
+        image_weights=image_weights, text_weights=text_weights, image_init=image_init, out=out, name=name,
+        resume=resume, dry_run=dry_run, epochs=epochs, min_steps=min_steps, max_steps=max_steps,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
+        grad_clip=grad_clip, image_size=image_size, window=window, tau=tau, lam=lam, seed=seed,
+        num_workers=num_workers, device=device, image_col=image_col, text_col=text_col, sections=sections,
+        text_view=text_view, split_col=split_col, patient_col=patient_col, val_fraction=val_fraction,
+        strict=strict, where=where, join=join, encoding=encoding, checkpoint_every=checkpoint_every,
+        accum_steps=accum_steps, grad_checkpointing=grad_checkpointing, precision=precision,
+        channels_last=channels_last, compile=compile, runs_dir=runs_dir)
     run_pretrain(cfg, RichReporter())

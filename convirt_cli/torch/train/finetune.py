@@ -6,7 +6,7 @@ for each init: [linear] features once, one L-BFGS head per (fraction, seed);
 test metrics with bootstrap 95% intervals -> table (init x fraction, mean +- sd) + plot + classifiers.
 
 The same (fraction, seed) picks the same training rows for every init, so inits compare like for like.
-The sweep reports through a `Reporter` (the CLI draws it with rich); the library prints nothing.
+The sweep reports through a `Reporter` (torchfree/report.py; the CLI draws it); the library prints nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,30 +48,8 @@ from convirt_cli.torchfree.files import atomic_write_text, write_json
 from convirt_cli.torchfree.imageio import load_gray
 from convirt_cli.torchfree.processes import cpu_workers
 from convirt_cli.torchfree.registry import ImageTowerConfig, get_model_config
+from convirt_cli.torchfree.report import NullReporter, Reporter, data_lines
 from convirt_cli.torchfree.runs import is_run_dir, latest_run
-
-
-class Reporter(Protocol):
-    def reading(self, label: str, total: int, unit: str) -> AbstractContextManager: ...
-    def data_summary(self, summary: dict) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def start(self, total_runs: int) -> None: ...
-    def run_start(self, init: str, fraction: float, seed: int, n_train: int) -> None: ...
-    def epoch(self, record: dict) -> None: ...
-    def run_end(self, record: dict) -> None: ...
-    def end(self, out: Path, table: dict) -> None: ...
-
-
-class NullReporter:
-    def reading(self, label, total, unit): return nullcontext(None)
-    def data_summary(self, summary): pass
-    def warn(self, message): pass
-    def start(self, total_runs): pass
-    def run_start(self, init, fraction, seed, n_train): pass
-    def epoch(self, record): pass
-    def run_end(self, record): pass
-    def end(self, out, table): pass
-
 
 # ---------------------------------------------------------------- inits
 
@@ -320,6 +297,43 @@ def results_table(records: list[dict], metric: str, split: str) -> dict:
     return {"metric": metric, "split": split, "fractions": fractions, "rows": rows}
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def describe_data(rep: Reporter, summary: dict, dry_run: bool) -> None:
+    """The data summary for a person: rows read / skipped / split, then the task and its labels."""
+    for line in data_lines(summary, "rows"):
+        rep.note(line)
+    names = summary["labels"]
+    shown = ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
+    rep.note(f"task {summary['task']} on {', '.join(summary['columns'])}: {shown}")
+    if dry_run:
+        rep.note("dry run: nothing written; drop --dry-run to run")
+
+
+def epoch_status(r: dict) -> str:
+    return f"epoch {r['epoch']} loss {r['train_loss']:.4f} val {_fmt(r['val'])}"
+
+
+def run_line(r: dict) -> str:
+    """One line per (init, fraction, seed) run: its evaluation metrics (per-label ones left to results.json)."""
+    split = "test" if "test" in r else "val"
+    metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in r[split].items() if "/" not in k)
+    return f"{r['init']} fraction {r['fraction']:g} seed {r['seed']} (n={r['n_train']}): {split} {metrics}"
+
+
+def table_view(table: dict) -> tuple[str, list[str], list[list[str]]]:
+    """(title, columns, rows) of the data-efficiency table for a person: init x label fraction, mean ± sd."""
+    title = f"{table['split']} {table['metric']} ({table['mode']}), mean ± sd over seeds"
+    columns = ["init"] + [f"{used_label(f, table.get('used'))} labels" for f in table["fractions"]]
+    rows = []
+    for row in table["rows"]:
+        cells = [row["cells"].get(str(f)) for f in table["fractions"]]
+        rows.append([row["init"], *[f"{c['mean']:.3f} ± {c['sd']:.3f}" if c else "-" for c in cells]])
+    return title, columns, rows
+
+
 def labels_used(fractions: list[float], seeds: int, subsets: dict, n_train: int) -> dict[str, dict]:
     """Per requested fraction: the training rows actually used (over seeds) and whether keeping every class
     raised it above ceil(fraction x rows)."""
@@ -387,7 +401,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
     baseline = random_model(cfg, specs)
     icfgs = [init_image_config(s, baseline, cfg.image_size) for s in specs]  # fails early on a bad init
     if cfg.dry_run:  # labels, splits and inits checked; no image decoded, nothing written
-        rep.data_summary(summary | {"dry_run": True})
+        describe_data(rep, summary, dry_run=True)
         return None
     sizes = list(dict.fromkeys(c.image_size for c in icfgs))
     images: dict[int, np.ndarray] = {}
@@ -398,7 +412,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
         bad_set = set(bad)
         splits = {k: np.asarray([i for i in v if i not in bad_set], dtype=np.int64) for k, v in splits.items()}
         summary["splits"] = {k: len(v) for k, v in splits.items()}
-    rep.data_summary(summary)
+    describe_data(rep, summary, dry_run=False)
     train_idx, val_idx, test_idx = splits["train"], splits["val"], splits["test"]
     eval_split = "test" if len(test_idx) else "val"
 
@@ -414,7 +428,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
             rep.warn(f"--label-fraction {float(f):g}: {float(f):.2%} of the {len(train_idx)} labelled training rows is "
                      f"{float(f) * len(train_idx):.2g} rows; it takes {u['n_min']} ({u['fraction_min']:.1%}) so that every "
                      "class keeps an example. The table reports the rows used.")
-    rep.start(len(specs) * len(subsets))
+    rep.start("finetune", len(specs) * len(subsets))
     names = [init_label(s, baseline, cfg.pretrained) for s in specs]
     if len(set(names)) < len(names):  # two runs with the same folder name: show the paths as given
         names = specs
@@ -432,13 +446,14 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
             tower.cpu()
         for (fraction, s), tr in subsets.items():
             seed = cfg.seed + s
-            rep.run_start(name, fraction, seed, len(tr))
+            rep.update(len(records), f"{name} {fraction:g} seed {seed} ({len(tr)} labelled)")
             t0 = time.perf_counter()
             if cfg.mode == "linear":
                 model, info = linear_classifier(tower, labels, feats, tr, val_idx, seed)
                 scores = scores_from_features(model, feats[test_idx if len(test_idx) else val_idx])
             else:
-                model, info = train_full(tower, labels, imgs, tr, val_idx, cfg, seed, device, metric, rep.epoch)
+                model, info = train_full(tower, labels, imgs, tr, val_idx, cfg, seed, device, metric,
+                                         lambda r: rep.update(len(records), epoch_status(r)))
                 scores = predict(model, imgs[test_idx if len(test_idx) else val_idx], device)
             ev_idx = test_idx if len(test_idx) else val_idx
             report = test_report(labels.task, labels.y[ev_idx], scores, labels.names, cfg.bootstrap, seed)
@@ -455,7 +470,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
                 save_classifier(model.cpu(), mdir)
                 record["model_dir"] = str(mdir)
             records.append(record)
-            rep.run_end(record)
+            rep.note(run_line(record))
+            rep.update(len(records), "")
             write_json(out / "results.json", {"summary": summary, "metric": metric, "records": records})
         del tower, feats
 
@@ -469,7 +485,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
 
         data_efficiency(table, out / "data_efficiency.png",
                         title=f"{cfg.mode} on {_data_name(Path(cfg.data))} ({', '.join(labels.columns)})")
-    rep.end(out, table)
+    rep.table(*table_view(table))
+    rep.end(f"done: table, plot and classifiers in {out}")
     return out
 
 
@@ -531,7 +548,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
                "splits": {k: len(v) for k, v in splits.items()}, "task": "segmentation",
                "split_by": describe_split(rows, cfg.split_col, cfg.patient_col),
                "labels": [cfg.mask_col], "columns": [cfg.mask_col]}
-    rep.data_summary(summary | ({"dry_run": True} if cfg.dry_run else {}))
+    describe_data(rep, summary, dry_run=cfg.dry_run)
     if cfg.dry_run:
         return None
     train_idx, val_idx, test_idx = splits["train"], splits["val"], splits["test"]
@@ -542,7 +559,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     rng_subsets = {(f, s): np.sort(np.random.default_rng(cfg.seed + s).permutation(train_idx)[
         :max(1, math.ceil(f * len(train_idx)))]) for f in cfg.label_fraction for s in range(cfg.seeds)}
     used = labels_used(cfg.label_fraction, cfg.seeds, rng_subsets, len(train_idx))
-    rep.start(len(specs) * len(rng_subsets))
+    rep.start("finetune", len(specs) * len(rng_subsets))
     names = [init_label(s, baseline, cfg.pretrained) for s in specs]
     has_target = masks[ev_idx].reshape(len(ev_idx), -1).any(1)
     records: list[dict] = []
@@ -552,7 +569,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
         feats = dense_features(tower, images, device)
         for (fraction, s), tr in rng_subsets.items():
             seed = cfg.seed + s
-            rep.run_start(name, fraction, seed, len(tr))
+            rep.update(len(records), f"{name} {fraction:g} seed {seed} ({len(tr)} labelled)")
             t0 = time.perf_counter()
             head = fit_segmentation_probe(feats[tr], masks[tr], feats[val_idx], masks[val_idx])
             pred = predict_masks(head["weight"], head["bias"], feats[ev_idx], (size, size), head["threshold"])
@@ -565,7 +582,8 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
                       eval_split: metrics, f"{eval_split}_ci95": ci, "l2": head["l2"], "threshold": head["threshold"],
                       "grid": list(feats.shape[1:3]), "seconds": round(time.perf_counter() - t0, 2)}
             records.append(record)
-            rep.run_end(record)
+            rep.note(run_line(record))
+            rep.update(len(records), "")
             write_json(out / "results.json", {"summary": summary, "metric": PRIMARY["segmentation"],
                                               "records": records})
         del tower, feats
@@ -580,5 +598,6 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
 
         data_efficiency(table, out / "data_efficiency.png",
                         title=f"segmentation probe on {_data_name(Path(cfg.data))} ({cfg.mask_col})")
-    rep.end(out, table)
+    rep.table(*table_view(table))
+    rep.end(f"done: table, plot and classifiers in {out}")
     return out

@@ -2,7 +2,7 @@
 
 One loop for every objective (convirt_cli/torch/objectives): it owns the data checks, the step budget, the
 schedule, checkpoints, interrupts, metrics and the run's status; the objective owns views, model and loss.
-The loop reports through a `Reporter` (the CLI draws a rich bar with it); the library prints nothing.
+The loop reports through a `Reporter` (torchfree/report.py; the CLI draws it); the library prints nothing.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,6 +35,7 @@ from convirt_cli.torchfree.errors import ConvirtError, Interrupted
 from convirt_cli.torchfree.files import read_json, write_json
 from convirt_cli.torchfree.processes import cpu_workers
 from convirt_cli.torchfree.registry import get_model_config, with_overrides
+from convirt_cli.torchfree.report import NullReporter, Reporter, data_lines
 from convirt_cli.torchfree.runs import (
     append_jsonl,
     is_run_dir,
@@ -47,28 +46,6 @@ from convirt_cli.torchfree.runs import (
     write_summary,
 )
 from convirt_cli.torchfree.stop import StopOnSignal, ignore_signals
-
-
-class Reporter(Protocol):
-    def reading(self, label: str, total: int, unit: str) -> AbstractContextManager: ...
-    def data_summary(self, v: Validation, splits: dict[str, int]) -> None: ...
-    def start(self, total_steps: int, first_step: int) -> None: ...
-    def step(self, step: int, metrics: dict) -> None: ...
-    def epoch(self, metrics: dict) -> None: ...
-    def note(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def end(self, run: Path, summary: dict) -> None: ...
-
-
-class NullReporter:
-    def reading(self, label, total, unit): return nullcontext(None)
-    def data_summary(self, v, splits): pass
-    def start(self, total_steps, first_step): pass
-    def step(self, step, metrics): pass
-    def epoch(self, metrics): pass
-    def note(self, message): pass
-    def warn(self, message): pass
-    def end(self, run, summary): pass
 
 
 @dataclass
@@ -194,7 +171,12 @@ def prepare_rows(cfg: PretrainConfig, need_text: bool,
     splits = split_rows(checked.usable, cfg.val_fraction, 0.0, cfg.split_col, cfg.patient_col, cfg.seed)
     by = describe_split(checked.usable, cfg.split_col, cfg.patient_col)
     kinds = image_kinds(checked.usable)
-    rep.data_summary(checked, {k: len(v) for k, v in splits.items()} | {"by": by, "text": need_text, "kinds": kinds})
+    summary = {"found": checked.found, "usable": len(checked.usable), "skipped": len(checked.skipped),
+               "skip_reasons": dict(checked.reasons().most_common()), "split_by": by, "image_kinds": kinds,
+               "skipped_examples": [(row.source, reason) for row, reason in checked.skipped[:5]],
+               "splits": {k: len(v) for k, v in splits.items()}, "test_unused": True}
+    for line in data_lines(summary, "pairs" if need_text else "images"):
+        rep.note(line)
     if len(splits["train"]) < 2:
         raise ConvirtError(f"only {len(splits['train'])} training pairs after the split; need at least 2")
     data = {"found": checked.found, "usable": len(checked.usable), "skipped": dict(checked.reasons()),
@@ -261,6 +243,16 @@ def recipe_line(cfg: PretrainConfig, total: int, epochs: int, batch: int) -> str
              f"{total} steps = {epochs} epochs ({src['epochs']}" + (f", at least {cfg.min_steps} steps ({src['min_steps']})"
                                                                     if cfg.min_steps else "") + ")"]
     return "recipe: " + ", ".join(parts)
+
+
+def epoch_line(m: dict) -> str:
+    """One line per epoch: validation loss, and image->report R@5 against chance where there are reports."""
+    val = "n/a" if m.get("val_loss") is None else f"{m['val_loss']:.4f}"
+    line = f"epoch {m['epoch']} step {m['step']}: val loss {val}"
+    if "val_i2t_r5" in m:
+        line += (f", image->report R@5 {m['val_i2t_r5']:.3f} (chance {m['val_r5_chance']:.3f}, "
+                 f"{m['val_retrieval_rows']} val pairs)")
+    return line
 
 
 # ---------------------------------------------------------------- the loop
@@ -402,7 +394,7 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
             "warned_at": st.warned_at, "optimizer": opt.state_dict(), "rng": torch.get_rng_state()})
 
     rep.note(recipe_line(cfg, total, epochs, obj.batch_size))
-    rep.start(total, st.step)
+    rep.start("pretrain", total, st.step)
     check_at = guard.check_step(total)
     last_val: dict | None = None
     t_last, n_since = time.perf_counter(), 0
@@ -458,7 +450,7 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
                         rep.warn(guard.warning(st.step, total, mean, ln_b, obj.guard_batch))
                 if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
                     checkpoint()
-                rep.step(st.step, record)
+                rep.update(st.step, f"loss {record['loss']:.4f}  {record['samples_per_s']:.1f} samples/s")
                 if _stopping(stop, dist, device):
                     break
             else:  # the epoch ran to its end (or its workers were stopped by the signal)
@@ -473,7 +465,7 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
                     "lr_scale": st.plateau.scale, "bad_images": st.bad_images}
                 if dist.main:
                     append_jsonl(metrics_path, epoch_rec)
-                rep.epoch(epoch_rec)
+                rep.note(epoch_line(epoch_rec))
                 checkpoint()
                 continue
             break  # the step budget ran out, or a signal, mid-epoch
@@ -500,7 +492,8 @@ def _train(cfg: PretrainConfig, run: Path, train_rows: list[Row], val_rows: list
         set_latest(cfg.runs_dir, run)
     if summary["learning"].get("collapsed"):
         rep.warn(f"{run} did not learn: {summary['learning']['message']}")
-    rep.end(run, summary)
+    bad = f", {summary['bad_images']} unreadable images skipped" if summary["bad_images"] else ""
+    rep.end(f"done {summary['steps']} steps{bad}; run saved to {run}")
     if dist.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
