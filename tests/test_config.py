@@ -68,7 +68,7 @@ def test_run_config_records_each_source(tmp_path, monkeypatch):
     preset["train"] = {"lr": 2e-3, "text_view": "span", "epochs": 50, "image_size": 64}
     (tmp_path / "p.json").write_text(json.dumps(preset))
     (tmp_path / "convirt.toml").write_text("[pretrain]\nepochs = 1\n")
-    monkeypatch.setenv("CONVIRT_LR", "3e-3")
+    monkeypatch.setenv("CONVIRT_PRETRAIN__LR", "3e-3")
     cfg = resolve(PretrainConfig, data=ROOT / "examples" / "data", model=str(tmp_path / "p.json"), max_steps=2,
                   runs_dir=tmp_path / "runs", name="r", device="cpu", plot=False, batch_size=8)
     run = pretrain(cfg)

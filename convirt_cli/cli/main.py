@@ -67,7 +67,7 @@ app = typer.Typer(
 
 @app.callback()
 def main(config: Annotated[Path | None, typer.Option(
-        "--config", help="Settings file to read instead of ./convirt.toml (e.g. a recipe in examples/).")] = None) -> None:
+        "--config", help="Settings file to read instead of ./convirt.toml (CONVIRT_CONFIG may name it too).")] = None) -> None:
     """Learn medical image encoders from images paired with reports (ConVIRT, RAD-DINO), export and serve them."""
     if config is not None:
         if not config.is_file():
