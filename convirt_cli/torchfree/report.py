@@ -7,14 +7,15 @@ the drawing is the CLI's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
+from convirt_cli.torchfree.progress import Advance
+
 
 class Reporter(Protocol):
-    def reading(self, label: str, total: int, unit: str) -> AbstractContextManager[Callable[[int], None] | None]:
-        """A context giving advance(n) while `total` items are read (None: nobody is watching)."""
+    def reading(self, label: str, total: int, unit: str) -> AbstractContextManager[Advance | None]:
+        """A ProgressBar (torchfree/progress.py) for reading `total` items (its Advance None: nobody watches)."""
 
     def note(self, message: str) -> None:
         """One line for a person (above the bar while one runs)."""
