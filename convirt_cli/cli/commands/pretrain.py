@@ -75,7 +75,7 @@ def pretrain(
         image_weights=image_weights, text_weights=text_weights, image_init=image_init, out=out, name=name,
         resume=resume, dry_run=dry_run, epochs=epochs, min_steps=min_steps, max_steps=max_steps,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
-        grad_clip=grad_clip, image_size=image_size, window=window, tau=tau, lam=lam, seed=seed,
+        grad_clip=grad_clip, image_size=image_size, window=window, slices=slices, tau=tau, lam=lam, seed=seed,
         num_workers=num_workers, device=device, image_col=image_col, text_col=text_col, sections=sections,
         text_view=text_view, split_col=split_col, patient_col=patient_col, val_fraction=val_fraction,
         strict=strict, where=where, join=join, encoding=encoding, checkpoint_every=checkpoint_every,
