@@ -42,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from convirt_cli.torch.train.finetune import finetune
+    from convirt_cli.torch.finetune.sweep import finetune
     from convirt_cli.torch.train.loop import pretrain
     from convirt_cli.torchfree.config import FinetuneConfig, PretrainConfig
 

@@ -55,8 +55,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
+    from convirt_cli.torch.finetune.sweep import finetune
     from convirt_cli.torch.model import create_model, save_model
-    from convirt_cli.torch.train.finetune import finetune
     from convirt_cli.torch.train.loop import pretrain
     from convirt_cli.torchfree.config import FinetuneConfig, PretrainConfig
     from convirt_cli.torchfree.evaluate.zeroshot import evaluate_retrieval

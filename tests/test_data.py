@@ -321,7 +321,8 @@ def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
     counted, naming the row it repeats; the same image with another report is kept."""
     import csv
 
-    from convirt_cli.torch.train.loop import NullReporter, prepare_rows
+    from convirt_cli.torch.train.data import prepare_rows
+    from convirt_cli.torchfree.report import NullReporter
     from convirt_cli.torchfree.config import PretrainConfig
 
     with covid_csv.open() as f:

@@ -212,7 +212,7 @@ def test_images_smaller_than_the_crops_are_named_once(tmp_path):
 def test_a_dino_run_is_named_after_its_model(tmp_path):
     """`pretrain DATA --objective dino` trains dino-tiny: its new folder says so (it said `tiny-...`)."""
     from convirt_cli.torch.train.distributed import Dist
-    from convirt_cli.torch.train.loop import find_run, new_run, resolve_config
+    from convirt_cli.torch.train.run_config import find_run, new_run, resolve_config
     from convirt_cli.torchfree.config import PretrainConfig
 
     cfg = PretrainConfig(data=EXAMPLES, objective="dino", runs_dir=tmp_path / "runs")

@@ -128,7 +128,8 @@ def test_head_loss_masks_missing_targets():
 def test_full_finetune_stops_early_and_keeps_the_best_epoch(monkeypatch):
     """Scripted validation AUCs 0.6, 0.8, 0.7, 0.75, 0.9 with patience 2: training stops after epoch 4 (two
     epochs without beating 0.8) and returns the weights it had after epoch 2, not the last ones."""
-    import convirt_cli.torch.train.finetune as ft
+    import convirt_cli.torch.finetune.full as ft
+    from convirt_cli.torch.finetune.inits import build_tower
     from convirt_cli.torchfree.config import FinetuneConfig
     from convirt_cli.torchfree.evaluate.labels import Labels
 
@@ -145,7 +146,7 @@ def test_full_finetune_stops_early_and_keeps_the_best_epoch(monkeypatch):
     images = rng.integers(0, 256, (24, 1, 32, 32), dtype=np.uint8)
     labels = Labels("multiclass", ["a", "b"], ["c"], np.array([0, 1] * 12, np.float32))
     cfg = FinetuneConfig(data=Path("unused.csv"), epochs=5, patience=2, batch_size=8, lr=1e-2)
-    tower = ft.build_tower("random", "tiny", False, 32, 0)
+    tower = build_tower("random", "tiny", False, 32, 0)
     model, info = ft.train_full(tower, labels, images, np.arange(16), np.arange(16, 24), cfg, seed=0,
                                 device=torch.device("cpu"), metric="auc")
     assert info["best_epoch"] == 2 and info["epochs_run"] == 4 and info["val"] == {"auc": 0.8}
@@ -160,7 +161,7 @@ def test_full_finetune_stops_early_and_keeps_the_best_epoch(monkeypatch):
 
 @pytest.mark.parametrize("task,names", [("multiclass", ["normal", "pneumonia"]), ("regression", ["age"])])
 def test_classifier_round_trip(tmp_path, task, names):
-    from convirt_cli.torch.train.finetune import build_tower
+    from convirt_cli.torch.finetune.inits import build_tower
 
     torch.manual_seed(0)
     model = ImageClassifier(build_tower("random", "tiny", False, 64, 0), task, names).eval()
@@ -182,7 +183,7 @@ def test_classifier_exports_to_onnx(tmp_path, task, names):
     """`convirt export CLASSIFIER`: one graph (tower + head) whose scores match torch's predict() on new inputs."""
     import onnxruntime as ort
 
-    from convirt_cli.torch.train.finetune import build_tower
+    from convirt_cli.torch.finetune.inits import build_tower
 
     torch.manual_seed(1)
     model = ImageClassifier(build_tower("random", "tiny", False, 64, 0), task, names).eval()
@@ -262,7 +263,7 @@ def test_linear_probe_sweep_on_pneumoniamnist(tmp_path, example_run):
         lo, hi = r["test_ci95"]["auc"]
         assert lo <= r["test"]["auc"] <= hi
     # the saved classifier reproduces the recorded test AUC from pixels
-    from convirt_cli.torch.train.finetune import predict
+    from convirt_cli.torch.finetune.full import predict
     from convirt_cli.torchfree.evaluate.metrics import roc_auc
     from convirt_cli.torchfree.imageio import load_gray
 
@@ -374,7 +375,7 @@ def test_cli_errors_are_one_line(tmp_path, covid_csv):
 def test_tiny_label_fraction_reports_the_rows_it_used(tmp_path, covid_csv):
     """--label-fraction 0.0001 of ~50 rows cannot be 0.01%: every class keeps one example, the table says how many
     rows that came to, and a warning says it was raised."""
-    from convirt_cli.torch.train.finetune import NullReporter, finetune
+    from convirt_cli.torch.finetune.sweep import NullReporter, finetune
     from convirt_cli.torchfree.config import FinetuneConfig
 
     class Warn(NullReporter):
@@ -398,7 +399,7 @@ def test_tiny_label_fraction_reports_the_rows_it_used(tmp_path, covid_csv):
     assert not table["used"]["1.0"]["raised"] and table["used"]["1.0"]["n_min"] == n_all
     assert len(rep.lines) == 1 and rep.lines[0].startswith("--label-fraction 0.0001: 0.01% of the ")
     assert f"it takes 2 ({2 / n_all:.1%})" in rep.lines[0]
-    from convirt_cli.torch.train.finetune import used_label
+    from convirt_cli.torch.finetune.results import used_label
 
     assert used_label(0.0001, table["used"]) == f"0.01% (2 rows = {2 / n_all:.1%})"
     assert used_label(1.0, table["used"]) == f"100% ({n_all} rows)"
@@ -408,7 +409,8 @@ def test_an_image_listed_twice_is_one_sample(covid_csv, tmp_path):
     """RSNA Pneumonia lists an image once per box, VinDr-CXR once per reader: each image is one sample (else it is
     counted twice in the test metrics, and split by image it can sit in train and test at once). The first row's
     labels stay; a repeat with other labels is counted apart."""
-    from convirt_cli.torch.train.finetune import NullReporter, one_row_per_image, prepare_data
+    from convirt_cli.torch.finetune.data import one_row_per_image, prepare_data
+    from convirt_cli.torch.finetune.sweep import NullReporter
     from convirt_cli.torchfree.config import FinetuneConfig
 
     rows = _rows(sex=["F", "F", "M", "M", "F"])

@@ -100,7 +100,7 @@ def test_scale_flags_run_and_refuse_in_one_line(tmp_path):
     assert saved["channels_last"] is True and saved["accum_steps"] == 2
     r = runner.invoke(app, ["pretrain", str(COVID), "--objective", "dino", "--accum-steps", "2",
                             "--runs-dir", str(tmp_path / "runs2")])
-    assert isinstance(r.exception, ConvirtError) and "DINO's loss has no in-batch negatives" in str(r.exception)
+    assert isinstance(r.exception, ConvirtError) and "--objective dino does not split its batch" in str(r.exception)
     r = runner.invoke(app, ["pretrain", str(COVID), "--precision", "fp8"])
     assert isinstance(r.exception, ConvirtError) and str(r.exception).startswith("--precision fp8"), r.output
 

@@ -96,6 +96,9 @@ def test_shards_keep_the_report_sections_asked_for(tmp_path):
     r = runner.invoke(app, ["pretrain", str(tmp_path / "f"), "--join", str(tmp_path / "labels.csv")])
     assert isinstance(r.exception, ConvirtError) and "(no joined table); pass --join to `convirt shard`" in str(
         r.exception)
+    r = runner.invoke(app, ["pretrain", str(tmp_path / "f"), "--window", "minmax"])  # the pixels were windowed then
+    assert isinstance(r.exception, ConvirtError) and str(r.exception).startswith(
+        "--window minmax: these shards were windowed with auto when written"), r.output
     assert texts and all("impression" not in t.lower() and t.endswith(".") for t in texts), texts[:3]
 
 

@@ -72,19 +72,12 @@ class Variant:
         return "int8" if self.int8_text else ("fp16" if self.fp16 else "fp32")
 
 
-def image_preprocess(im) -> dict:
-    """How a file becomes the pixels input of an image graph, for image tower config `im`."""
-    return {"image_size": im.image_size, "resize": "shorter side to image_size, bilinear", "crop": "center",
-            "color": "grayscale, replicated to channels", "scale": 1 / 255, "mean": im.mean[:im.in_chans],
-            "std": im.std[:im.in_chans], "channels": im.in_chans, "window": im.window}
-
-
 def preprocess_spec(model: ConVIRT | ImageModel) -> dict:
     """Everything the torch-free path needs to turn a file or a string into graph inputs."""
     if not model.has_text:
-        return image_preprocess(model.cfg.image)
+        return model.cfg.image.preprocess.to_json()
     tx, tok = model.cfg.text, model.tokenizer
-    return image_preprocess(model.cfg.image) | {"max_length": tx.max_length,
+    return model.cfg.image.preprocess.to_json() | {"max_length": tx.max_length,
             "padding": "longest", "truncation": True, "pad_id": tok.pad_token_id, "pad_token": tok.pad_token}
 
 
@@ -187,9 +180,8 @@ def run_images(model, run: Path, n: int, seed: int = 1) -> np.ndarray | None:
     """Up to n of the run's own images (a seeded sample) as model pixels [N, C, S, S]; None when fewer than 8 are
     still on disk. What the reduced-precision gates check on: images like the ones the export will embed."""
     from convirt_cli.torchfree.data.readers import read_rows
-    from convirt_cli.torchfree.imageio import load_gray, normalize_array
 
-    im = model.cfg.image
+    pre = model.cfg.image.preprocess
     cfg = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     grays = []
     if cfg.get("data") and Path(cfg["data"]).exists():
@@ -200,12 +192,12 @@ def run_images(model, run: Path, n: int, seed: int = 1) -> np.ndarray | None:
         order = np.random.default_rng(seed).permutation(len(rows))
         for i in order:
             try:
-                grays.append(load_gray(rows[i].image, im.image_size, im.window, rows[i].slice))
+                grays.append(pre.decode(rows[i].image, rows[i].slice))
             except (OSError, ValueError):
                 continue
             if len(grays) >= n:
                 break
-    return normalize_array(np.stack(grays), im.mean, im.std, im.in_chans) if len(grays) >= 8 else None
+    return pre.pixels(np.stack(grays)) if len(grays) >= 8 else None
 
 
 def calibration_images(model, run: Path, n: int = 64, seed: int = 1) -> tuple[np.ndarray, str]:
@@ -309,13 +301,11 @@ def random_pixels(im, rng: np.random.Generator, n: int) -> np.ndarray:
     """Smooth random grey images with grain, through the real preprocessing of image tower config `im`."""
     from PIL import Image
 
-    from convirt_cli.torchfree.imageio import normalize_array
-
     size = im.image_size
     gray = np.stack([np.asarray(Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).resize(
         (size, size), Image.Resampling.BICUBIC)) for _ in range(n)])
     gray = np.clip(gray + rng.normal(0, 8, gray.shape), 0, 255).astype(np.uint8)
-    return normalize_array(gray, im.mean, im.std, im.in_chans)
+    return im.preprocess.pixels(gray)
 
 
 def parity_inputs(model: ConVIRT, seed: int = 0, n: int = 48) -> tuple[np.ndarray, list[str]]:
@@ -480,7 +470,7 @@ def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = Fal
         if fp16:
             stage("converting to fp16")
             to_fp16(tmp / "classifier.onnx")
-        write_json(tmp / "preprocess.json", image_preprocess(im))
+        write_json(tmp / "preprocess.json", im.preprocess.to_json())  # what finetune decoded with: the tower's
         manifest = {"format": 1, "kind": "classifier", "task": model.task, "label_names": model.label_names,
                     "source": str(path.resolve()), "fingerprint": weights_fingerprint(path), "opset": opset,
                     "precision": "fp16" if fp16 else "fp32", "num_features": model.tower.num_features,

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from convirt_cli.torchfree.objectives import check_objective
+
 Device = Literal["auto", "cpu", "cuda"]
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
@@ -116,9 +118,10 @@ class PretrainConfig(DataSettings):
     section: ClassVar[str] = "pretrain"
 
     data: Path | None = None  # required, except with --resume (the run's own config.json names it)
-    # convirt: image-report pairs; dino: RAD-DINO's DINOv2 on images alone; simclr: the image-only baseline
-    objective: Literal["convirt", "dino", "simclr"] = "convirt"
-    model: str = "tiny"  # --objective dino without --model: dino-tiny
+    # a registered objective (torchfree/objectives.py): convirt (image-report pairs), dino (RAD-DINO's DINOv2 on
+    # images alone), simclr (the image-only baseline), or one a plugin registered
+    objective: str = "convirt"
+    model: str = "tiny"  # unset: the objective's default preset (dino: dino-tiny), else this
     pretrained: bool = False
     image_weights: Path | None = None
     text_weights: Path | None = None
@@ -163,6 +166,8 @@ class PretrainConfig(DataSettings):
     _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
     _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
     _sections = field_validator("sections", mode="before")(classmethod(lambda cls, v: check_sections(v)))
+    # looked up when a config is built: an objective registered at run time (a plugin, a test) counts
+    _objective = field_validator("objective")(classmethod(lambda cls, v: check_objective(v)))
 
 
 class ShardConfig(DataSettings):
@@ -187,9 +192,6 @@ class ShardConfig(DataSettings):
 # what a preset's `train` section may set: the recipe, not the data or where things go
 RECIPE_KEYS = ("objective", "text_view", "epochs", "min_steps", "max_steps", "batch_size", "lr", "weight_decay", "schedule",
                "warmup_steps", "grad_clip", "image_size", "window", "tau", "lam")
-
-
-IMAGE_ONLY = ("dino", "simclr")
 
 
 def apply_recipe(cfg: PretrainConfig, recipe: dict[str, Any], source: str) -> PretrainConfig:
@@ -235,7 +237,9 @@ class FinetuneConfig(DataSettings):
     batch_size: Positive = 32
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-4
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    window: str = "auto"  # high-bit-depth grey levels -> 8 bits (see convirt pretrain --window)
+    # high-bit-depth grey levels -> 8 bits, for preset inits; None: each init's own. A run init reads pixels with
+    # its own window (a different one is an error): its classifier and that classifier's export then see the same
+    window: str | None = None
     image_size: ImageSize | None = None  # None: the init's
     metric: str | None = None  # table/plot/early-stopping metric; None: macro_auc | auc | r2
     bootstrap: NonNegative = 1000  # resamples for the test 95% intervals (0: none)
@@ -248,7 +252,7 @@ class FinetuneConfig(DataSettings):
     _split = field_validator("init", "labels", "missing", "label_fraction", mode="before")(
         classmethod(lambda cls, v: _comma_list(v)))
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
-    _window = field_validator("window")(classmethod(lambda cls, v: check_window(v)))
+    _window = field_validator("window")(classmethod(lambda cls, v: v if v is None else check_window(v)))
 
     @field_validator("label_fraction")
     @classmethod

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from convirt_cli.torchfree.config import RECIPE_KEYS, check_window
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.preprocess import Preprocess
 from convirt_cli.torchfree.runs import RUN_MODEL_FILE, is_run_dir
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -39,6 +40,12 @@ class ImageTowerConfig(_Strict):
     @classmethod
     def _window(cls, v: str) -> str:
         return check_window(v)  # numpy-free: the registry is on the cold retrieve path
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """What the tower's input is made of (preprocess.py): every reader of pixels for it takes this."""
+        c = self.in_chans
+        return Preprocess(self.image_size, self.window, tuple(self.mean[:c]), tuple(self.std[:c]), c)
 
 
 class TextTowerConfig(_Strict):

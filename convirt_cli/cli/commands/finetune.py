@@ -1,4 +1,4 @@
-"""`convirt finetune DATA`: flags -> FinetuneConfig -> train.finetune.finetune, drawn with rich."""
+"""`convirt finetune DATA`: flags -> FinetuneConfig -> torch.finetune.sweep.finetune, drawn with rich."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def finetune(
     lr: o.Lr = None,
     weight_decay: Annotated[float | None, typer.Option(help="full: AdamW weight decay.")] = None,
     image_size: o.ImageSize = None,
-    window: o.Window = None,
+    window: Annotated[str | None, typer.Option(help="Preset inits: high-bit-depth grey levels to 8 bits (auto | minmax | percentile:LO,HI | fixed:C,W; default the preset's). A run init reads pixels with its own window (kept in its model.json); another one is an error.")] = None,
     metric: Annotated[str | None, typer.Option(help="Table/plot/early-stopping metric (default macro_auc | auc | r2).")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples for the test 95% intervals (0: off).")] = None,
     out: o.Out = None,
@@ -56,7 +56,7 @@ def finetune(
 
     from convirt_cli.cli.progress import RichReporter
     from convirt_cli.cli.settings import resolve
-    from convirt_cli.torch.train.finetune import finetune as run_finetune
+    from convirt_cli.torch.finetune.sweep import finetune as run_finetune
     from convirt_cli.torchfree.config import FinetuneConfig
     from convirt_cli.torchfree.errors import ConvirtError
 

@@ -8,11 +8,16 @@ from typing import Annotated
 import typer
 
 from convirt_cli.cli import options as o
+from convirt_cli.torchfree.objectives import get_objective, list_objectives
+
+OBJECTIVES = " | ".join(f"{n} ({get_objective(n).about}" + (f"; default model {get_objective(n).default_model}"
+                                                               if get_objective(n).default_model else "") + ")"
+                        for n in list_objectives())
 
 
 def pretrain(
     data: Annotated[Path | None, typer.Argument(help="Folder with pairs.csv / pairs.jsonl, such a file, or a folder of images with .txt reports (not needed with --resume).")] = None,
-    objective: Annotated[str | None, typer.Option(help="convirt (images + reports) | dino (RAD-DINO: DINOv2 on images alone; default model dino-tiny) | simclr (image-only baseline).")] = None,
+    objective: Annotated[str | None, typer.Option(help=f"{OBJECTIVES}.")] = None,
     model: o.Model = None,
     pretrained: o.Pretrained = None,
     image_weights: o.ImageWeights = None,

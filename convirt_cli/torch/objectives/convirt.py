@@ -16,27 +16,34 @@ from convirt_cli.torch.data.dataset import Collate, make_dataset
 from convirt_cli.torch.data.transforms import augment, to_model_input
 from convirt_cli.torch.losses import convirt_loss
 from convirt_cli.torch.model import ConVIRT, save_model
+from convirt_cli.torch.objectives import Objective
 from convirt_cli.torch.train import guard
 from convirt_cli.torch.train.device import autocast
 from convirt_cli.torch.train.distributed import Dist, all_reduce_mean, gather_with_grad
 from convirt_cli.torch.train.gradcache import cached_backward, split
 from convirt_cli.torchfree.config import PretrainConfig
 from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.retrieval import pair_recall_at_k
+from convirt_cli.torchfree.registry import ModelConfig
 
 VAL_RETRIEVAL_ROWS = 1000  # a fixed subset keeps the per-epoch check cheap on large validation sets
 
 
-class ConVIRTObjective:
-    name = "convirt"
+class ConVIRTObjective(Objective):
     loss_label = "ConVIRT loss (image<->text InfoNCE)"
-    need_text = True
 
     def __init__(self, model: ConVIRT, cfg: PretrainConfig, device: torch.device, dist: Dist):
-        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
-        self.module = model
+        super().__init__(model, cfg, device, dist)
         self.collate = Collate(model.tokenizer, model.cfg.text.max_length)
-        self.batch_size = cfg.batch_size * dist.world
+
+    @classmethod
+    def model_config(cls, base: ModelConfig) -> ModelConfig:
+        if base.text is None:
+            raise ConvirtError(f"model '{base.name}' is image-only: --objective convirt needs a text tower; pick a "
+                               "ConVIRT preset (`convirt models`) and start its image tower from this one with "
+                               "--image-init RUN")
+        return base
 
     @property
     def guard_batch(self) -> int:
@@ -55,7 +62,7 @@ class ConVIRTObjective:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr,
                  "weight_decay": weight_decay}]
 
-    def inputs(self, batch: dict, g: torch.Generator | None):
+    def _inputs(self, batch: dict, g: torch.Generator | None):
         """uint8 batch -> standardised images (augmented when a generator is given), token tensors."""
         im = self.model.cfg.image
         images = batch["images"].to(self.device, non_blocking=True)
@@ -64,7 +71,7 @@ class ConVIRTObjective:
                 batch["attention_mask"].to(self.device, non_blocking=True))
 
     def loss(self, net: torch.nn.Module, batch: dict, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        x, ids, mask = self.inputs(batch, g)
+        x, ids, mask = self._inputs(batch, g)
         with autocast(self.device, self.cfg.precision):
             v, u = net(x, ids, mask)
         v_all, offset = gather_with_grad(v, self.dist)
@@ -76,7 +83,7 @@ class ConVIRTObjective:
                           check=None) -> tuple[torch.Tensor, dict]:
         """--accum-steps K: the batch's K sub-batches of --batch-size rows embedded one at a time (GradCache), the
         loss over all of them (every row against all K x B x world negatives)."""
-        x, ids, mask = self.inputs(batch, g)
+        x, ids, mask = self._inputs(batch, g)
         lc = self.model.cfg.loss
 
         def embed(xc, ic, mc):
@@ -92,9 +99,6 @@ class ConVIRTObjective:
         chunks = [(x[s], ids[s], mask[s]) for s in split(len(x), self.cfg.accum_steps)]
         return cached_backward(chunks, embed, loss_fn, getattr(net, "no_sync", None), check, scale), {}
 
-    def after_step(self, step: int) -> dict:
-        return {}
-
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict:
         """Mean loss over validation batches (whole reports, no augmentation) and image->report recall@k."""
@@ -104,7 +108,7 @@ class ConVIRTObjective:
         for batch in loader:
             if batch["images"].shape[0] < 2:
                 continue
-            x, ids, mask = self.inputs(batch, None)
+            x, ids, mask = self._inputs(batch, None)
             with autocast(self.device, self.cfg.precision):
                 v, u = self.model(x, ids, mask)
             losses.append(float(convirt_loss(v, u, lc.tau, lc.lam)))

@@ -25,6 +25,7 @@ from convirt_cli.torch.losses.collapse import entropy, prototypes_in_use
 from convirt_cli.torch.losses.dino_clstoken import dino_loss
 from convirt_cli.torch.losses.dinov2 import MaskedPatches, dinov2_loss
 from convirt_cli.torch.model import ImageModel, save_model
+from convirt_cli.torch.objectives import Objective, Schedule
 from convirt_cli.torch.train.device import autocast
 from convirt_cli.torch.train.distributed import Dist, all_reduce_mean
 from convirt_cli.torch.train.param_groups import vit_param_groups
@@ -59,17 +60,13 @@ def crop_params(d: DinoConfig) -> MultiCropParams:
                            tuple(d.jitter), d.jitter_p, solarize_p=d.solarize_p)
 
 
-class DINOObjective:
-    name = "dino"
-    loss_label = "DINO + iBOT + KoLeo loss"
-    need_text = False
-    guard_batch = 0  # collapse shows in the teacher's entropy, not in a loss at ln(batch)
+class DINOObjective(Objective):
+    loss_label = "DINO + iBOT + KoLeo loss"  # no collapse guard: collapse shows in the teacher's entropy
 
-    def __init__(self, model: ImageModel, cfg: PretrainConfig, device: torch.device, dist: Dist,
-                 head_weights: Path | None = None):
+    def __init__(self, model: ImageModel, cfg: PretrainConfig, device: torch.device, dist: Dist):
         from convirt_cli.torch.dino import load_head
 
-        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        super().__init__(model, cfg, device, dist)
         d: DinoConfig = model.cfg.dino or DinoConfig()
         self.d = d
         tower = model.image
@@ -79,6 +76,8 @@ class DINOObjective:
             return DINOHead(dim, d.prototypes, d.head_hidden, d.head_bottleneck, d.head_layers)
 
         dino_head = head()
+        image_weights = cfg.image_init / "image" if cfg.image_init is not None else cfg.image_weights
+        head_weights = None if cfg.resume else released_head(cfg, image_weights)  # a resumed run has its own
         if head_weights is not None and head_weights.is_file():
             load_head(dino_head, head_weights)  # continue from a released head (microsoft/rad-dino)
         use_patches = d.ibot_weight > 0
@@ -96,9 +95,7 @@ class DINOObjective:
             raise ConvirtError(f"crop sizes {d.global_size}/{d.local_size} px are not multiples of the ViT's patch "
                                f"size {self.patch}; set the preset's dino.global_size / local_size")
         self.collate = Collate(None)
-        self.batch_size = cfg.batch_size * dist.world
-        self.total_steps, self.steps_per_epoch = 1, 1  # set by the loop (set_budget)
-        self._now: dict = {}
+        self._schedules: dict[str, Schedule] = {}  # set by the loop (schedules)
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- data
@@ -114,34 +111,32 @@ class DINOObjective:
                     "px); they are upsampled. A preset with smaller crops (dino-tiny: 64 px) suits them better")
         return None
 
-    def set_budget(self, total_steps: int, steps_per_epoch: int) -> None:
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
-
     # ---------------------------------------------------------------- optimisation
     def trainable(self) -> torch.nn.Module:
         return self.student
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """DINOv2's groups: layer-wise lr decay, and the prototypes (the heads' last layers) in groups of their own
+        for the last_layer_lr schedule."""
         depth = len(getattr(self.model.image.model, "blocks", [])) or \
             int(getattr(getattr(self.model.image.model, "config", None), "num_hidden_layers", 0))
+        heads = {id(h): h for h in (self.student.dino_head, self.student.ibot_head) if h}.values()
+        last = {id(p) for h in heads for p in h.last_layer_params()}
         return vit_param_groups(self.student, lr, weight_decay, depth, self.d.layer_decay if depth else 1.0,
-                                self.d.patch_embed_lr_mult)
+                                self.d.patch_embed_lr_mult, last_layer=last)
 
-    def on_step_start(self, step: int, opt: torch.optim.Optimizer) -> None:
-        wd = cosine_ramp(step, self.total_steps, self.cfg.weight_decay, self.d.weight_decay_end)
-        for g in opt.param_groups:
-            g["weight_decay"] = wd * g.get("wd_scale", 1.0)
-        warm = int(self.d.teacher_temp_warmup * self.total_steps)
-        self._now = {"teacher_temp": linear_warmup(step, warm, self.d.warmup_teacher_temp, self.d.teacher_temp),
-                     "momentum": cosine_ramp(step, self.total_steps, self.d.momentum_start, self.d.momentum_end),
-                     "weight_decay": wd}
-
-    def before_update(self, step: int) -> None:
-        """The prototypes stay where they are for the first epoch(s): DINO's guard against early collapse."""
-        if step < self.d.freeze_last_layer_epochs * self.steps_per_epoch:
-            for head in {id(h): h for h in (self.student.dino_head, self.student.ibot_head) if h}.values():
-                for p in head.last_layer_params():
-                    p.grad = None
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, Schedule]:
+        """DINOv2's build_schedulers, over this run's steps: weight decay (cosine up), the prototypes' lr (0 for the
+        first epoch(s): DINO's guard against early collapse), the teacher's temperature (warmed up) and EMA momentum
+        (cosine up to 1)."""
+        d, wd0 = self.d, self.cfg.weight_decay
+        warm, frozen = int(d.teacher_temp_warmup * total_steps), d.freeze_last_layer_epochs * steps_per_epoch
+        self._schedules = {
+            "weight_decay": lambda s: cosine_ramp(s, total_steps, wd0, d.weight_decay_end),
+            "last_layer_lr": lambda s: 0.0 if s < frozen else 1.0,
+            "teacher_temp": lambda s: linear_warmup(s, warm, d.warmup_teacher_temp, d.teacher_temp),
+            "momentum": lambda s: cosine_ramp(s, total_steps, d.momentum_start, d.momentum_end)}
+        return self._schedules
 
     # ---------------------------------------------------------------- the loss
     def _teacher_probs(self, logits: torch.Tensor, temp: float, center: str = "center") -> torch.Tensor:
@@ -165,7 +160,7 @@ class DINOObjective:
         buf.copy_(updated_center(buf, mean, 0.9))
         return probs
 
-    def views(self, batch: dict, g: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def _views(self, batch: dict, g: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         im = self.model.cfg.image
         images = batch["images"].to(self.device, non_blocking=True)
         views = [to_model_input(v, im.mean, im.std, im.in_chans) for v in multicrop(images, g, self.crops)]
@@ -178,8 +173,8 @@ class DINOObjective:
         return views, masks
 
     def loss(self, net: torch.nn.Module, batch: dict, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        d, temp = self.d, self._now["teacher_temp"]
-        views, masks = self.views(batch, g)
+        d, temp = self.d, self._schedules["teacher_temp"](step)
+        views, masks = self._views(batch, g)
         b = views[0].shape[0]
         globals_ = torch.cat(views[:2])
         with torch.no_grad(), autocast(self.device, self.cfg.precision):
@@ -202,13 +197,12 @@ class DINOObjective:
         total, parts = dinov2_loss([x.float() for x in s_logits], list(t_probs.chunk(2)), s_cls, d.student_temp,
                                    d.dino_weight, d.koleo_weight, patches, d.ibot_weight)
         stats = {k: float(v.detach()) for k, v in parts.items()} | {
-            "teacher_entropy": float(entropy(t_probs)), "prototypes_in_use": prototypes_in_use(t_probs),
-            "teacher_temp": temp, "momentum": self._now["momentum"], "weight_decay": self._now["weight_decay"]}
+            "teacher_entropy": float(entropy(t_probs)), "prototypes_in_use": prototypes_in_use(t_probs)}
         self.history.append(stats)
         return total, stats
 
     def after_step(self, step: int) -> dict:
-        ema_update(self.teacher, self.student, self._now["momentum"])
+        ema_update(self.teacher, self.student, self._schedules["momentum"](step))
         return {}
 
     # ---------------------------------------------------------------- validation, verdict, saving

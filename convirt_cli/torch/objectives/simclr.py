@@ -14,12 +14,14 @@ from convirt_cli.torch.data.multicrop import two_views
 from convirt_cli.torch.data.transforms import to_model_input
 from convirt_cli.torch.losses.nt_xent import nt_xent
 from convirt_cli.torch.model import ImageModel, projection_head, save_model
+from convirt_cli.torch.objectives import Objective
 from convirt_cli.torch.train import guard
 from convirt_cli.torch.train.device import autocast
 from convirt_cli.torch.train.distributed import Dist, all_reduce_mean, gather_with_grad
 from convirt_cli.torch.train.gradcache import cached_backward, split
 from convirt_cli.torchfree.config import PretrainConfig
 from convirt_cli.torchfree.data.readers import Row
+from convirt_cli.torchfree.registry import ModelConfig
 
 
 class _Net(torch.nn.Module):
@@ -32,19 +34,21 @@ class _Net(torch.nn.Module):
         return self.proj(self.image(x))
 
 
-class SimCLRObjective:
-    name = "simclr"
+class SimCLRObjective(Objective):
     loss_label = "SimCLR loss (NT-Xent)"
-    need_text = False
 
     def __init__(self, model: ImageModel, cfg: PretrainConfig, device: torch.device, dist: Dist):
-        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        super().__init__(model, cfg, device, dist)
         proj = model.cfg.projection
         self.net = _Net(model, proj.hidden if proj else 2048, proj.dim if proj else 128)
         self.module = self.net
         self.tau = model.cfg.loss.tau
         self.collate = Collate(None)
-        self.batch_size = cfg.batch_size * dist.world
+
+    @classmethod
+    def model_config(cls, base: ModelConfig) -> ModelConfig:
+        """The image tower and the preset's projection head (discarded after training, as in the paper)."""
+        return base.model_copy(update={"text": None})
 
     @property
     def guard_batch(self) -> int:
@@ -96,9 +100,6 @@ class SimCLRObjective:
 
         chunks = [(v1[s], v2[s]) for s in split(b, self.cfg.accum_steps)]
         return cached_backward(chunks, embed, loss_fn, getattr(net, "no_sync", None), check, scale), {}
-
-    def after_step(self, step: int) -> dict:
-        return {}
 
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict:

@@ -42,3 +42,12 @@ def linear_warmup(step: int, warmup: int, start: float, end: float) -> float:
     if step >= warmup:
         return end
     return start + (end - start) * step / max(1, warmup)
+
+
+def apply_optimiser_schedules(groups: list[dict], now: dict[str, float]) -> None:
+    """DINOv2's apply_optim_scheduler: each parameter group's lr is its base lr x now["lr"] (x now["last_layer_lr"]
+    for a group marked last_layer), its weight decay now["weight_decay"] x its wd_scale when that is scheduled."""
+    for g in groups:
+        g["lr"] = g["base_lr"] * now["lr"] * (now.get("last_layer_lr", 1.0) if g.get("last_layer") else 1.0)
+        if "weight_decay" in now:
+            g["weight_decay"] = now["weight_decay"] * g.get("wd_scale", 1.0)
