@@ -185,27 +185,17 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
     saturate u8 x s8 products in int16, and there the serving session (convirt_cli.torchfree.serve.providers)
     has onnxruntime turn them unsigned at load.
     ValueError, with `path` untouched, where the graph has nothing to quantise or onnxruntime cannot run it."""
-    import onnx
-    from onnx import helper, numpy_helper, version_converter
+    from onnx import helper, numpy_helper
 
-    try:
-        m = version_converter.convert_version(onnx.load(str(path)), 21)  # QuantizeLinear with blocked scales
-    except Exception as e:
-        raise ValueError(f"cannot move the text graph to opset 21: {e}") from e
-    del m.graph.value_info[:]
+    m = _opset21(path)
     g = m.graph
     groups = linear_groups(g)
     if not groups:
         raise ValueError("no MatMul with a constant weight in the text graph")
     acts = capture(m.SerializeToString(), list(groups), feeds)
     inits = {t.name: t for t in g.initializer}
-    new_inits: list = []
-
-    def const(name: str, value) -> str:
-        new_inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    one, eps, axes = const("q8_one", np.float32(1)), const("q8_eps", np.float32(1e-8)), const("q8_axes", np.array([-1]))
+    const = _Consts()
+    shared = (const("q8_one", np.float32(1)), const("q8_eps", np.float32(1e-8)), const("q8_axes", np.array([-1])))
     all_nodes = list(g.node)
     before: dict[int, list] = {}  # position -> nodes to insert before it
     replaced: dict[int, list] = {}  # position -> nodes replacing it
@@ -218,49 +208,104 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
         folds = prod is not None and prod.op_type == "LayerNormalization" and all(i in inits for i in prod.input[1:3])
         plan = plan_group(acts[x], weights, transform=folds or k <= n_out)
         p = f"q8_{gi}_"
-        pre: list = []
-        src = x
-        if plan.mu is not None:
-            summary["shifted"] += 1
-            if folds:  # a second LayerNorm whose affine part already is (y - mu) / s
-                gamma = numpy_helper.to_array(inits[prod.input[1]])
-                beta = numpy_helper.to_array(inits[prod.input[2]]) if len(prod.input) > 2 and prod.input[2] else 0
-                ln = helper.make_node("LayerNormalization", [prod.input[0], const(p + "gamma", gamma / plan.s),
-                                      const(p + "beta", ((beta - plan.mu) / plan.s).astype(np.float32))],
-                                      [p + "x"], name=p + "ln")
-                ln.attribute.extend(prod.attribute)
-                pre.append(ln)
-            else:
-                pre += [helper.make_node("Sub", [x, const(p + "mu", plan.mu)], [p + "xc"]),
-                        helper.make_node("Mul", [p + "xc", const(p + "inv_s", (1 / plan.s).astype(np.float32))], [p + "x"])]
-            src = p + "x"
-        zp = plan.zp
-        summary["zero_points"].append(zp)
-        pre += [helper.make_node("ReduceMax", [src, axes], [p + "max"], keepdims=1),
-                helper.make_node("ReduceMin", [src, axes], [p + "min"], keepdims=1),
-                helper.make_node("Mul", [p + "max", const(p + "hi", np.float32(1 / (255 - zp)))], [p + "s_hi"]),
-                helper.make_node("Mul", [p + "min", const(p + "lo", np.float32(-1 / zp))], [p + "s_lo"]),
-                helper.make_node("Max", [p + "s_hi", p + "s_lo", eps], [p + "scale"]),
-                helper.make_node("Shape", [p + "max"], [p + "shape"]),
-                helper.make_node("Expand", [const(p + "zp3", np.full((1, 1, 1), zp, np.uint8)), p + "shape"], [p + "zps"]),
-                helper.make_node("QuantizeLinear", [src, p + "scale", p + "zps"], [p + "q"], axis=-1, block_size=k)]
-        zp0 = const(p + "zp", np.uint8(zp))
-        for j, (at, node, (q, step, delta)) in enumerate(zip(where, nodes, plan.weights)):
-            out = node.output[0]
-            # (x - mu) w' + mu w: the second term is a constant row, added to the bias that follows if any
-            bias = _bias_after(g, out, inits, delta.shape) if plan.mu is not None else None
-            if bias is not None:
-                add, i = bias
-                add.input[i] = const(f"{p}bias{j}", numpy_helper.to_array(inits[add.input[i]]) + delta)
-            extra_add = plan.mu is not None and bias is None
-            mm_in = [p + "q", const(f"{p}w{j}", q), one, const(f"{p}step{j}", step), zp0]
-            chain = [helper.make_node("MatMulIntegerToFloat", mm_in, [f"{p}y{j}"], domain="com.microsoft"),
-                     helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [f"{p}ys{j}" if extra_add else out])]
-            if extra_add:
-                chain.append(helper.make_node("Add", [f"{p}ys{j}", const(f"{p}delta{j}", delta)], [out]))
-            replaced[at] = chain
+        summary["shifted"] += int(plan.mu is not None)
+        summary["zero_points"].append(plan.zp)
+        before[where[0]] = _quantized_input(x, plan, prod if folds else None, p, k, inits, const, shared)
+        zp0 = const(p + "zp", np.uint8(plan.zp))
+        for j, (at, node, w) in enumerate(zip(where, nodes, plan.weights)):
+            replaced[at] = _integer_matmul(g, node, w, plan.mu is not None, f"{p}", j, zp0, inits, const, shared[0])
             summary["matmuls"] += 1
-        before[where[0]] = pre
+    _splice(g, all_nodes, before, replaced, const.tensors)
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _save_if_runnable(m, path)
+    summary["method"] = "per-token int8, SmoothQuant shift/scale, GPTQ weights"
+    return summary
+
+
+def _opset21(path: Path):
+    """The graph at opset 21 (QuantizeLinear with blocked scales), its exporter's shape annotations dropped."""
+    import onnx
+    from onnx import version_converter
+
+    try:
+        m = version_converter.convert_version(onnx.load(str(path)), 21)
+    except Exception as e:
+        raise ValueError(f"cannot move the text graph to opset 21: {e}") from e
+    del m.graph.value_info[:]
+    return m
+
+
+class _Consts:
+    """The initializers the rewrite adds: const(name, value) records one and returns its name."""
+
+    def __init__(self):
+        self.tensors: list = []
+
+    def __call__(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        self.tensors.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+
+def _quantized_input(x: str, plan: GroupPlan, ln, p: str, k: int, inits: dict, const: _Consts,
+                     shared: tuple[str, str, str]) -> list:
+    """Nodes turning the MatMul input `x` into per-token uint8 `p + "q"` with scales `p + "scale"`: first the
+    SmoothQuant shift / scale (folded into the LayerNorm `ln` that makes x, when there is one), then each token's
+    range to [0, 255] around zero point plan.zp."""
+    from onnx import helper, numpy_helper
+
+    _, eps, axes = shared
+    pre: list = []
+    src = x
+    if plan.mu is not None:
+        if ln is not None:  # a second LayerNorm whose affine part already is (y - mu) / s
+            gamma = numpy_helper.to_array(inits[ln.input[1]])
+            beta = numpy_helper.to_array(inits[ln.input[2]]) if len(ln.input) > 2 and ln.input[2] else 0
+            node = helper.make_node("LayerNormalization", [ln.input[0], const(p + "gamma", gamma / plan.s),
+                                    const(p + "beta", ((beta - plan.mu) / plan.s).astype(np.float32))],
+                                    [p + "x"], name=p + "ln")
+            node.attribute.extend(ln.attribute)
+            pre.append(node)
+        else:
+            pre += [helper.make_node("Sub", [x, const(p + "mu", plan.mu)], [p + "xc"]),
+                    helper.make_node("Mul", [p + "xc", const(p + "inv_s", (1 / plan.s).astype(np.float32))], [p + "x"])]
+        src = p + "x"
+    zp = plan.zp
+    return pre + [
+        helper.make_node("ReduceMax", [src, axes], [p + "max"], keepdims=1),
+        helper.make_node("ReduceMin", [src, axes], [p + "min"], keepdims=1),
+        helper.make_node("Mul", [p + "max", const(p + "hi", np.float32(1 / (255 - zp)))], [p + "s_hi"]),
+        helper.make_node("Mul", [p + "min", const(p + "lo", np.float32(-1 / zp))], [p + "s_lo"]),
+        helper.make_node("Max", [p + "s_hi", p + "s_lo", eps], [p + "scale"]),
+        helper.make_node("Shape", [p + "max"], [p + "shape"]),
+        helper.make_node("Expand", [const(p + "zp3", np.full((1, 1, 1), zp, np.uint8)), p + "shape"], [p + "zps"]),
+        helper.make_node("QuantizeLinear", [src, p + "scale", p + "zps"], [p + "q"], axis=-1, block_size=k)]
+
+
+def _integer_matmul(g, node, weight: tuple, shifted: bool, p: str, j: int, zp0: str, inits: dict, const: _Consts,
+                    one: str) -> list:
+    """The nodes replacing MatMul `node`: an integer MatMul of the quantised input and int8 weight, rescaled; under a
+    shift, x w = (x - mu) w' + mu w, whose constant row goes into the bias that follows (or an Add of its own)."""
+    from onnx import helper, numpy_helper
+
+    q, step, delta = weight
+    out = node.output[0]
+    bias = _bias_after(g, out, inits, delta.shape) if shifted else None
+    if bias is not None:
+        add, i = bias
+        add.input[i] = const(f"{p}bias{j}", numpy_helper.to_array(inits[add.input[i]]) + delta)
+    extra_add = shifted and bias is None
+    mm_in = [p + "q", const(f"{p}w{j}", q), one, const(f"{p}step{j}", step), zp0]
+    chain = [helper.make_node("MatMulIntegerToFloat", mm_in, [f"{p}y{j}"], domain="com.microsoft"),
+             helper.make_node("Mul", [f"{p}y{j}", p + "scale"], [f"{p}ys{j}" if extra_add else out])]
+    if extra_add:
+        chain.append(helper.make_node("Add", [f"{p}ys{j}", const(f"{p}delta{j}", delta)], [out]))
+    return chain
+
+
+def _splice(g, all_nodes: list, before: dict[int, list], replaced: dict[int, list], new_inits: list) -> None:
+    """The graph's nodes with the new ones in place, its initializers with the new ones, the unused ones dropped."""
     order = []
     for i, n in enumerate(all_nodes):
         order += before.get(i, [])
@@ -272,11 +317,17 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _save_if_runnable(m, path: Path) -> None:
+    """Replace `path` with the checked graph, if this onnxruntime can run it (per-column MatMulIntegerToFloat,
+    blocked QuantizeLinear); else ValueError and `path` as it was."""
+    import onnx
+
     onnx.checker.check_model(m)
     tmp = path.with_suffix(".int8.onnx")
     onnx.save(m, str(tmp))
-    try:  # an onnxruntime without per-column MatMulIntegerToFloat or blocked QuantizeLinear: leave path as it was
+    try:
         import onnxruntime as ort
 
         ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -284,5 +335,3 @@ def quantize_text_int8(path: Path, feeds: list[dict]) -> dict:
         tmp.unlink()
         raise ValueError(f"onnxruntime {ort.__version__} cannot run the per-token int8 graph: {e}") from e
     tmp.replace(path)
-    summary["method"] = "per-token int8, SmoothQuant shift/scale, GPTQ weights"
-    return summary
