@@ -322,8 +322,8 @@ def test_duplicate_pairs_are_counted_skips(tmp_path, covid_csv):
     import csv
 
     from convirt_cli.torch.train.data import prepare_rows
-    from convirt_cli.torchfree.report import NullReporter
     from convirt_cli.torchfree.config import PretrainConfig
+    from convirt_cli.torchfree.report import NullReporter
 
     with covid_csv.open() as f:
         rows = [r for r in csv.DictReader(f) if r["report"].strip()][:6]
