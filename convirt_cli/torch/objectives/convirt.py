@@ -24,7 +24,7 @@ from convirt_cli.torch.train.gradcache import cached_backward, split
 from convirt_cli.torchfree.config import PretrainConfig
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.evaluate.retrieval import pair_recall_at_k
+from convirt_cli.torchfree.evaluate.ranking import pair_recall_at_k
 from convirt_cli.torchfree.registry import ModelConfig
 
 VAL_RETRIEVAL_ROWS = 1000  # a fixed subset keeps the per-epoch check cheap on large validation sets
