@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +224,10 @@ def bad_dicoms(tmp_path_factory):
     ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
     ds.save_as(tmp / "mpeg.dcm", enforce_file_format=True)
     write_dicom(tmp / "flat.dcm", np.full((64, 64), 700), bits=12)  # no window in the file: nothing to show
+    ds = pydicom.dcmread(write_dicom(tmp / "j2k_cut.dcm", p, compress=JPEG2000Lossless))  # decoder installed, data cut
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData))
+    ds.PixelData = pydicom.encaps.encapsulate([frame[:len(frame) // 3]])
+    ds.save_as(tmp / "j2k_cut.dcm", enforce_file_format=True)
     raw = bytearray(raw)  # Rows (0028,0010) re-labelled a decimal string 'x': it parses, and fails when read
     at = raw.find(b"\x28\x00\x10\x00US")
     raw[at + 4:at + 6], raw[at + 8:at + 10] = b"DS", b"x\x00"
@@ -234,13 +239,16 @@ REASONS = {"sr.dcm": "DICOM without pixel data (Basic Text SR Storage)", "rgb.dc
            "cine.dcm": "multi-frame DICOM (2 frames)", "cut.dcm": "truncated DICOM",
            "mpeg.dcm": "compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed",
            "flat.dcm": "flat image (every pixel 700): nothing to window",
+           "j2k_cut.dcm": "compressed DICOM (JPEG 2000 Image Compression (Lossless Only)) whose pixel data does not "
+                          "decode (truncated or damaged",
            "garbled.dcm": "unreadable DICOM header (ValueError)"}
 
 
 @pytest.mark.parametrize("name", sorted(REASONS))
 def test_each_bad_dicom_is_one_line_for_a_single_image(bad_dicoms, name):
     with pytest.raises(dicom.DicomError) as e:
-        dicom.check(bad_dicoms / name) if name not in ("mpeg.dcm", "flat.dcm") else dicom.read_gray(bad_dicoms / name)
+        dicom.check(bad_dicoms / name) if name not in ("mpeg.dcm", "flat.dcm", "j2k_cut.dcm") else \
+            dicom.read_gray(bad_dicoms / name)
     assert str(e.value).startswith(REASONS[name]), str(e.value)
     if name == "mpeg.dcm":
         assert "pip install pylibjpeg" in str(e.value)
@@ -252,7 +260,9 @@ def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_pat
     assert r.exit_code == 0, r.output
     items = [json.loads(x) for x in (tmp_path / "idx" / "items.jsonl").read_text().splitlines()]
     assert [it["path"].rsplit("/", 1)[1] for it in items] == ["good.dcm"]
-    assert "(7 skipped)" in r.output and "flat image" in r.output, r.output
+    assert "(8 skipped)" in r.output and "flat image" in r.output, r.output
+    reasons = {Path(x["path"]).name: x["reason"] for x in json.loads((tmp_path / "idx" / "index.json").read_text())["skipped"]}
+    assert "does not decode" in reasons["j2k_cut.dcm"] and "no decoder" not in reasons["j2k_cut.dcm"], reasons
     more = tmp_path / "more"  # pretrain: the same files are counted skips, by reason, in summary.json
     more.mkdir()
     for i in range(3):
@@ -264,11 +274,11 @@ def test_bad_dicoms_are_counted_skips_with_reasons(bad_dicoms, tiny_run, tmp_pat
                             "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
-    assert data["found"] == 10 and data["usable"] == 5, data
+    assert data["found"] == 11 and data["usable"] == 6, data
     assert sorted(k.split(" (")[0].split(";")[0] for k in data["skipped"]) == sorted(
         ["DICOM without pixel data", "colour DICOM", "multi-frame DICOM", "truncated DICOM",
          "unreadable DICOM header"]), data
-    # the MPEG-2 and flat files pass the header check; their pixels fail at decode time: counted as bad images
+    # the MPEG-2, flat and cut JPEG 2000 files pass the header check; their pixels fail at decode time: bad images
     r = runner.invoke(app, ["retrieve", "--image", str(bad_dicoms / "rgb.dcm"), "--index", str(tmp_path / "idx")])
     assert isinstance(r.exception, ConvirtError) and "rgb.dcm: cannot read it" in str(r.exception), r.output
     assert "colour DICOM (RGB)" in str(r.exception)

@@ -105,6 +105,7 @@ RETRIEVE: dict[str, Field] = {
     "where": Field(("--where",), "multi", _where, []),
     "format": Field(("--format", "-f"), "value", _choice("table", "jsonl", "csv", "paths", "html"), "table"),
     "out": Field(("--out", "-o"), "value", _path, None),
+    "null": Field(("--null",), "flag", _flag, False),
     "exact": Field(("--exact",), "flag", _flag, False),
     "slices": Field(("--slices",), "value", _slices, "middle"),
     "model": Field(("--model", "-m"), "value", _text, None),

@@ -22,6 +22,7 @@ Where = Annotated[list[str] | None, typer.Option("--where", help="Keep rows whos
 Join = Annotated[list[Path] | None, typer.Option("--join", help="A table whose columns join the data's rows on every column the two share, e.g. MIMIC-CXR's per-study labels (mimic-cxr-2.0.0-chexpert.csv.gz) or split file; repeatable.")]
 Strict = Annotated[bool | None, typer.Option("--strict/--no-strict", help="Fail on the first bad row instead of skipping it.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+Wait = Annotated[bool | None, typer.Option("--wait", help="When another convirt is writing the same output folder, wait for it to finish instead of stopping.")]
 Epochs = Annotated[int | None, typer.Option(help="Passes over the training data.")]
 BatchSize = Annotated[int | None, typer.Option(help="Pairs per step (per process under torchrun).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (AdamW; default: the preset's).")]

@@ -2,8 +2,10 @@
 
 RESULTS: `convirt retrieve`'s hits as table | jsonl | csv | paths | html. REPORTS: the JSON reports of `evaluate`
 and `classify` as table | json. Only results reach stdout (notes go to stderr), so pipelines can read them; a
-file named by --out is written whole or not at all (temporary name, then rename). Typer-free and light to
-import: the fast lane (entry.py) uses it; rich and the gallery load only when their format is asked for.
+file named by --out is written whole or not at all (temporary name, then rename; a symlink is followed, a device
+or pipe written as a stream, an input never written: torchfree/outputs.py). A closed or full stdout is one line.
+Typer-free and light to import: the fast lane (entry.py) uses it; rich and the gallery load only when their
+format is asked for.
 """
 
 from __future__ import annotations
@@ -63,10 +65,17 @@ def _csv(results: list[dict], title: str, terminal: bool) -> str:
     return to_csv(results)
 
 
-def _paths(results: list[dict], title: str, terminal: bool) -> str:
-    from convirt_cli.torchfree.serve.formats import to_paths
+def _paths(results: list[dict], title: str, terminal: bool, null: bool = False) -> str:
+    """One path a line (a newline inside one written as \\n, and said on stderr); null: NUL-ended, names exact."""
+    from convirt_cli.torchfree.serve.formats import paths_with_newlines, to_paths
 
-    return to_paths(results)
+    escaped = 0 if null else paths_with_newlines(results)
+    if escaped:
+        from convirt_cli.cli.progress import note
+
+        note(f"{escaped} results hold a newline, written as \\n; pass --null for names exactly as they are "
+             "(NUL-separated, as `find -print0`; then `xargs -0`)")
+    return to_paths(results, null=null)
 
 
 def _html(results: list[dict], title: str, terminal: bool) -> str:
@@ -80,19 +89,26 @@ RESULTS: dict[str, Callable[[list[dict], str, bool], str]] = {
     "table": _table, "jsonl": _jsonl, "csv": _csv, "paths": _paths, "html": _html}
 
 
-def _deliver(text: str, out: Path | None) -> None:
-    if out is None:
-        sys.stdout.write(text)
-        return
-    from convirt_cli.torchfree.files import atomic_write_text
+def _terminal() -> bool:
+    return sys.stdout is not None and sys.stdout.isatty()
 
-    atomic_write_text(Path(out), text)
+
+def _deliver(text: str, out: Path | None, inputs=()) -> None:
+    from convirt_cli.torchfree.outputs import write_file, write_stdout
+
+    if out is None:
+        write_stdout(text)
+        return
+    write_file(Path(out), text, inputs=inputs)
     print(f"wrote {out}", file=sys.stderr)
 
 
-def write_results(results: list[dict], fmt: str, out: Path | None = None, title: str = "convirt retrieve") -> None:
-    """Search results ([{query, hits}]) in format `fmt` to stdout, or to the file `out`."""
-    _deliver(RESULTS[fmt](results, title, out is None and sys.stdout.isatty()), out)
+def write_results(results: list[dict], fmt: str, out: Path | None = None, title: str = "convirt retrieve",
+                  null: bool = False, inputs=()) -> None:
+    """Search results ([{query, hits}]) in format `fmt` to stdout, or to the file `out` (never one of `inputs`)."""
+    terminal = out is None and _terminal()
+    text = _paths(results, title, terminal, null) if fmt == "paths" else RESULTS[fmt](results, title, terminal)
+    _deliver(text, out, inputs)
 
 
 def _json_report(report: dict, tables: Callable[[dict], Iterable[Any]]) -> str:
@@ -100,7 +116,7 @@ def _json_report(report: dict, tables: Callable[[dict], Iterable[Any]]) -> str:
 
 
 def _table_report(report: dict, tables: Callable[[dict], Iterable[Any]]) -> str:
-    return _render(tables(report), sys.stdout.isatty())
+    return _render(tables(report), _terminal())
 
 
 # --format -> writer(report, the command's rich tables of it) -> the text for stdout
@@ -108,10 +124,23 @@ REPORTS: dict[str, Callable[[dict, Callable[[dict], Iterable[Any]]], str]] = {
     "json": _json_report, "table": _table_report}
 
 
-def write_report(report: dict, fmt: str, out: Path | None, tables: Callable[[dict], Iterable[Any]]) -> None:
-    """A report in format `fmt` on stdout; with --out also its JSON, whatever the format (atomic)."""
-    if out:
-        from convirt_cli.torchfree.files import atomic_write_text
+def check_report_out(cfg: Any) -> None:
+    """A report's --out, checked before the work (outputs.check_file): not a folder, not an input."""
+    if cfg.out is not None:
+        from convirt_cli.torchfree.outputs import check_file
 
-        atomic_write_text(Path(out), _json_report(report, tables))
-    sys.stdout.write(REPORTS[fmt](report, tables))
+        check_file(cfg.out, inputs=report_inputs(cfg))
+
+
+def report_inputs(cfg: Any) -> list:
+    return [cfg.data, *cfg.join, cfg.prompts]
+
+
+def write_report(report: dict, fmt: str, out: Path | None, tables: Callable[[dict], Iterable[Any]],
+                 inputs=()) -> None:
+    """A report in format `fmt` on stdout; with --out also its JSON, whatever the format (outputs.write_file)."""
+    from convirt_cli.torchfree.outputs import write_file, write_stdout
+
+    if out:
+        write_file(Path(out), _json_report(report, tables), inputs=inputs)
+    write_stdout(REPORTS[fmt](report, tables))

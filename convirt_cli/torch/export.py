@@ -25,7 +25,8 @@ from convirt_cli.torch.classifier import ImageClassifier, load_classifier, score
 from convirt_cli.torch.model import ConVIRT, ImageModel, load_model
 from convirt_cli.torch.packed import PackedText, packable
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.files import read_json, staged_dir, weights_fingerprint, write_json
+from convirt_cli.torchfree.files import read_json, weights_fingerprint, write_json
+from convirt_cli.torchfree.outputs import check_folder, owned_dir
 from convirt_cli.torchfree.runs import run_warnings
 
 FP32_MAX_DIFF, FP32_MIN_COS = 1e-4, 0.9999
@@ -380,11 +381,13 @@ def check_parity(model: ConVIRT | ImageModel, folder: Path, variant: Variant, se
 
 def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_text: bool = False, opset: int = 18,
                 seed: int = 0, on_stage: Callable[[str], None] | None = None,
-                int8_image: bool = False) -> tuple[Path, dict]:
-    """A finished run directory -> an export folder (default RUN/onnx); returns (folder, manifest)."""
+                int8_image: bool = False, wait: bool = False) -> tuple[Path, dict]:
+    """A finished run directory -> an export folder (default RUN/onnx); returns (folder, manifest). `out` must be
+    absent, empty or an export (outputs.check_folder); `wait`: wait for another export writing it."""
     stage = on_stage or (lambda s: None)
     run = Path(run)
     out = Path(out) if out is not None else run / "onnx"
+    check_folder(out, "export", inputs=[run / "model.json"])
     variant = Variant(fp16=fp16, int8_text=int8_text, int8_image=int8_image)
     stage("loading the run")
     model = load_model(run).eval()
@@ -392,7 +395,7 @@ def export_onnx(run: Path, out: Path | None = None, fp16: bool = False, int8_tex
         raise ConvirtError(f"{run} is image-only (no text tower); drop --int8-text")
     towers = ["image", "text"] if model.has_text else ["image"]
     int8 = None
-    with staged_dir(out) as tmp:
+    with owned_dir(out, "export", wait) as tmp:
         stage(f"exporting {' and '.join(t + '.onnx' for t in towers)}")
         text_graph = export_graphs(model, tmp, opset)
         real = None
@@ -452,16 +455,18 @@ class ClassifierGraph(nn.Module):
 
 
 def export_classifier_onnx(path: Path, out: Path | None = None, fp16: bool = False, opset: int = 18,
-                           seed: int = 0, on_stage: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+                           seed: int = 0, on_stage: Callable[[str], None] | None = None,
+                           wait: bool = False) -> tuple[Path, dict]:
     """A classifier saved by `convirt finetune` -> classifier.onnx (tower + head in one graph), preprocess.json
     and manifest.json (task, label names), parity-checked against torch like the encoders."""
     stage = on_stage or (lambda s: None)
     path = Path(path)
     out = Path(out) if out is not None else path / "onnx"
+    check_folder(out, "export", inputs=[path / "classifier.json"])
     stage("loading the classifier")
     model = load_classifier(path).eval()
     im = model.image_cfg
-    with staged_dir(out) as tmp:
+    with owned_dir(out, "export", wait) as tmp:
         stage("exporting classifier.onnx")
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         _onnx_export(ClassifierGraph(model).eval(), (torch.randn(2, im.in_chans, im.image_size, im.image_size),),

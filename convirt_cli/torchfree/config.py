@@ -134,6 +134,7 @@ class PretrainConfig(DataSettings):
     out: Path | None = None
     name: str | None = None
     resume: bool = False
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
     dry_run: bool = False  # read, check and split the data, print the recipe; write nothing
     epochs: Positive = 10
     min_steps: NonNegative = 0  # small data sets get more epochs, up to this many steps
@@ -177,6 +178,7 @@ class ShardConfig(DataSettings):
 
     data: Path
     out: Path
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
     text_col: str | None = "text"  # None: image-only shards (for --objective dino / simclr)
     sections: list[str] = []  # as pretrain's: the shards store only these report sections
     per_shard: Positive = 1000
@@ -245,6 +247,7 @@ class FinetuneConfig(DataSettings):
     bootstrap: NonNegative = 1000  # resamples for the test 95% intervals (0: none)
     out: Path | None = None
     name: str | None = None
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
     save_models: bool = True
     dry_run: bool = False  # read, label and split the data, check the inits; write nothing
     plot: bool = True
@@ -277,6 +280,7 @@ class ExportConfig(Config):
     run: Path | None = None  # None: the latest run in runs_dir
     onnx: bool = True
     out: Path | None = None
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
     fp16: bool = False
     int8_text: bool = False
     int8_image: bool = False
@@ -303,6 +307,7 @@ class EmbedConfig(ServeSettings):
     out: Path
     kind: Literal["image", "text"] | None = None  # None: guessed from INPUT (tables: image)
     append: bool = False
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
     image_col: str = "image"
     text_col: str = "text"
     slices: str = "middle"  # volumes: which axial slices become items (each with its slice index)
@@ -334,7 +339,8 @@ class RetrieveConfig(ServeSettings):
     offset: NonNegative = 0  # skip this many hits: a next page
     where: list[str] = []  # COL=V1,V2 / COL!=V on the items' stored columns (`embed --columns`)
     format: Literal["table", "jsonl", "csv", "paths", "html"] = "table"
-    out: Path | None = None  # write the results here instead of stdout
+    out: Path | None = None  # write the results here (any format) instead of stdout
+    null: bool = False  # paths: NUL-terminated, names exactly as they are (as find -print0)
     exact: bool = False  # ignore a FAISS index
     slices: str = "middle"  # an --image volume: which axial slices are queries
     _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
@@ -352,6 +358,7 @@ class IndexBuildConfig(Config):
     ef_search: Positive = 128
     nprobe: Positive = 16
     runs_dir: Path = Path("runs")
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
 
 
 class IndexMergeConfig(Config):
@@ -359,6 +366,7 @@ class IndexMergeConfig(Config):
 
     parts: list[Path]
     out: Path
+    wait: bool = False  # another writer holds the output folder: wait for it (else stop, naming its pid)
 
 
 class ZeroShotSettings(ServeSettings):

@@ -19,3 +19,10 @@ class Interrupted(ConvirtError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class WriteError(ConvirtError):
+    """An output could not be written (full disk, size limit, read-only or lost storage, no permission): one line
+    naming the file and the cause. The writer has removed its temporary files; what was there before is intact."""
+
+    exit_code = 1

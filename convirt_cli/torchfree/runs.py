@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.files import atomic_write_text, read_json, write_json
+from convirt_cli.torchfree.files import atomic_write_text, read_json, write_json, writing
 
 LATEST = "latest"
 SUMMARY = "summary.json"
@@ -58,7 +58,7 @@ def resolve_run(spec: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
+    with writing(path), path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
 

@@ -50,12 +50,13 @@ def classify(
 
 
 def _run(cfg) -> None:
-    from convirt_cli.cli.output import write_report
+    from convirt_cli.cli.output import check_report_out, report_inputs, write_report
     from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.torchfree.evaluate.labelled import load_labelled, load_prompts
     from convirt_cli.torchfree.evaluate.zeroshot import classify as run_classify
     from convirt_cli.torchfree.serve.backends import open_encoder
 
+    check_report_out(cfg)
     paths, labels, _ = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, where=cfg.where,
                                      join=cfg.join, progress=progress_bar, note=note)
     given = load_prompts(cfg.prompts)
@@ -65,4 +66,4 @@ def _run(cfg) -> None:
         report = run_classify(encoder, paths, labels, prompt_map, cfg.batch_size, advance)
     report |= {"model": str(encoder.path), "fingerprint": encoder.fingerprint, "data": str(cfg.data),
                "label_col": cfg.label_col}
-    write_report(report, cfg.format, cfg.out, _tables)
+    write_report(report, cfg.format, cfg.out, _tables, inputs=report_inputs(cfg))

@@ -28,6 +28,7 @@ def embed(
     backend: o.Backend = None,
     kind: Annotated[str | None, typer.Option(help="image | text (default: guessed; tables: image).")] = None,
     append: Annotated[bool | None, typer.Option("--append", help="Add to the index in --out (same model, same kind).")] = None,
+    wait: o.Wait = None,
     columns: Annotated[str | None, typer.Option(help="Metadata columns each item keeps, comma list (e.g. view,sex,finding; DICOMs: their allow-listed tags), for `retrieve --where`. Only these reach the index.")] = None,
     parts: Annotated[int | None, typer.Option(help="Split INPUT into N contiguous parts and embed one (--part); join the parts with `convirt index merge`.")] = None,
     part: Annotated[int | None, typer.Option(help="Which part to embed, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID).")] = None,
@@ -47,7 +48,7 @@ def embed(
 
     parts, part = _parts_flags(parts, part, num_shards, shard_index)
     cfg = resolve(EmbedConfig, input=input, out=out, model=model, backend=backend, kind=kind, append=append,
-                  columns=columns, parts=parts, part=part, image_col=image_col, text_col=text_col, slices=slices,
+                  wait=wait, columns=columns, parts=parts, part=part, image_col=image_col, text_col=text_col, slices=slices,
                   batch_size=batch_size, device=device, threads=threads, runs_dir=runs_dir)
     _run(cfg)
 
@@ -56,19 +57,22 @@ def _run(cfg) -> None:
     from rich.console import Console
 
     from convirt_cli.cli.progress import note, progress_bar
+    from convirt_cli.torchfree.outputs import check_folder
     from convirt_cli.torchfree.serve.backends import open_encoder
     from convirt_cli.torchfree.serve.embed import embed_items, part_bounds
     from convirt_cli.torchfree.serve.index import set_latest_index
     from convirt_cli.torchfree.serve.inputs import read_inputs
 
     console = Console(stderr=True)
+    check_folder(cfg.out, "index", inputs=[cfg.input])  # before any work: a refused --out is said at once
     kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col, slices=cfg.slices,
                                columns=cfg.columns)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     lo, hi = part_bounds(len(items), cfg.parts, cfg.part)
     title = f"embed {kind_}s ({encoder.backend})" + (f", part {cfg.part} of {cfg.parts}" if cfg.parts > 1 else "")
     with progress_bar(title, hi - lo, kind_ + "s") as advance:
-        meta = embed_items(encoder, kind_, items, cfg.out, cfg.append, cfg.batch_size, advance, (cfg.part, cfg.parts))
+        meta = embed_items(encoder, kind_, items, cfg.out, cfg.append, cfg.batch_size, advance, (cfg.part, cfg.parts),
+                           wait=cfg.wait, inputs=[cfg.input])
     set_latest_index(cfg.runs_dir, cfg.out)
     skipped = meta["skipped_now"]
     for s in skipped[:10]:

@@ -62,12 +62,13 @@ def retrieval(
 
 
 def _run(cfg) -> None:
-    from convirt_cli.cli.output import write_report
+    from convirt_cli.cli.output import check_report_out, report_inputs, write_report
     from convirt_cli.cli.progress import note, progress_bar
     from convirt_cli.torchfree.evaluate.labelled import load_labelled, load_prompts
     from convirt_cli.torchfree.evaluate.zeroshot import evaluate_retrieval
     from convirt_cli.torchfree.serve.backends import open_encoder
 
+    check_report_out(cfg)
     paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col,
                                          cfg.where, cfg.join, progress=progress_bar, note=note)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
@@ -76,4 +77,4 @@ def _run(cfg) -> None:
                                     cfg.k, cfg.seed, cfg.batch_size, advance)
     report |= {"model": str(encoder.path), "fingerprint": encoder.fingerprint, "data": str(cfg.data),
                "label_col": cfg.label_col}
-    write_report(report, cfg.format, cfg.out, _tables)
+    write_report(report, cfg.format, cfg.out, _tables, inputs=report_inputs(cfg))

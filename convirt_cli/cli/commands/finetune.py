@@ -33,6 +33,7 @@ def finetune(
     metric: Annotated[str | None, typer.Option(help="Table/plot/early-stopping metric (default macro_auc | auc | r2).")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples for the test 95% intervals (0: off).")] = None,
     out: o.Out = None,
+    wait: o.Wait = None,
     name: Annotated[str | None, typer.Option(help="Output folder name under runs/ (default finetune-MODE-timestamp).")] = None,
     save_models: Annotated[bool | None, typer.Option("--save-models/--no-save-models", help="Save each classifier under OUT/models/.")] = None,
     dry_run: Annotated[bool | None, typer.Option("--dry-run", help="Read, label and split the data and check the inits, then stop: nothing written (classification tasks decode no image).")] = None,
@@ -68,7 +69,7 @@ def finetune(
         labels=labels if labels is not None else label, task=task, mask_col=mask_col, missing=missing, mode=mode,
         label_fraction=label_fraction, seeds=seeds, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, image_size=image_size, window=window, metric=metric, bootstrap=bootstrap,
-        out=out, name=name, save_models=save_models, dry_run=dry_run, plot=plot, seed=seed,
+        out=out, name=name, wait=wait, save_models=save_models, dry_run=dry_run, plot=plot, seed=seed,
         num_workers=num_workers, device=device, image_col=image_col, split_col=split_col,
         patient_col=patient_col, val_fraction=val_fraction, test_fraction=test_fraction, strict=strict,
         where=where, join=join, encoding=encoding, runs_dir=runs_dir)

@@ -24,6 +24,7 @@ def build(
     ef_search: Annotated[int | None, typer.Option(help="hnsw: search breadth.")] = None,
     nprobe: Annotated[int | None, typer.Option(help="ivf: lists visited per query.")] = None,
     runs_dir: o.RunsDir = None,
+    wait: o.Wait = None,
 ) -> None:
     """Write faiss.index into INDEX; `convirt retrieve` then uses it (unless --exact). Prints recall@10 vs exact."""
     import sys
@@ -37,9 +38,9 @@ def build(
         note("note: `index build --kind` is now --index-type (the old spelling will go)")
         index_type = kind if index_type is None else index_type
     cfg = resolve(IndexBuildConfig, index=index, faiss=faiss, index_type=index_type, nlist=nlist, m=m,
-                  ef_search=ef_search, nprobe=nprobe, runs_dir=runs_dir)
+                  ef_search=ef_search, nprobe=nprobe, runs_dir=runs_dir, wait=wait)
     idx = open_index(cfg.index or latest_index(cfg.runs_dir))
-    info = build_faiss(idx, cfg.index_type, cfg.nlist, cfg.m, cfg.ef_search, cfg.nprobe)
+    info = build_faiss(idx, cfg.index_type, cfg.nlist, cfg.m, cfg.ef_search, cfg.nprobe, wait=cfg.wait)
     print(json.dumps(info))
     print(f"faiss {info['index_type']} index ({info['chosen']}) of {info['count']} items in {idx.path}: recall@10 "
           f"vs exact {info['recall_at_10']:.3f}", file=sys.stderr)
@@ -49,6 +50,7 @@ def build(
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="Index folders written by `convirt embed --parts N --part I`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")],
+    wait: o.Wait = None,
 ) -> None:
     """Join the parts of a split embed into one index: ids and input order kept, model fingerprints must agree."""
     import sys
@@ -57,7 +59,7 @@ def merge(
     from convirt_cli.torchfree.config import IndexMergeConfig
     from convirt_cli.torchfree.serve.index import merge_indexes
 
-    cfg = resolve(IndexMergeConfig, parts=parts, out=out)
-    meta = merge_indexes(cfg.parts, cfg.out)
+    cfg = resolve(IndexMergeConfig, parts=parts, out=out, wait=wait)
+    meta = merge_indexes(cfg.parts, cfg.out, wait=cfg.wait)
     print(f"merged {len(cfg.parts)} parts: {meta['count']} x {meta['dim']} {meta['kind']} embeddings -> {cfg.out}",
           file=sys.stderr)

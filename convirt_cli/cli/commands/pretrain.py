@@ -26,6 +26,7 @@ def pretrain(
     out: o.Out = None,
     name: Annotated[str | None, typer.Option(help="Run name under runs/ (default: preset-timestamp).")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out (or the newest one) from its newest readable checkpoint, with its own settings.")] = None,
+    wait: o.Wait = None,
     dry_run: Annotated[bool | None, typer.Option("--dry-run", help="Read, check and split the data and print the recipe, then stop: nothing is written (check an archive before GPU hours).")] = None,
     epochs: o.Epochs = None,
     min_steps: Annotated[int | None, typer.Option(help="Raise the epochs on small data sets to reach this many steps (default: the preset's).")] = None,
@@ -78,7 +79,7 @@ def pretrain(
     cfg = resolve(
         PretrainConfig, data=data, objective=objective, model=model, pretrained=pretrained,
         image_weights=image_weights, text_weights=text_weights, image_init=image_init, out=out, name=name,
-        resume=resume, dry_run=dry_run, epochs=epochs, min_steps=min_steps, max_steps=max_steps,
+        resume=resume, wait=wait, dry_run=dry_run, epochs=epochs, min_steps=min_steps, max_steps=max_steps,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
         grad_clip=grad_clip, image_size=image_size, window=window, slices=slices, tau=tau, lam=lam, seed=seed,
         num_workers=num_workers, device=device, image_col=image_col, text_col=text_col, sections=sections,

@@ -25,6 +25,7 @@ def retrieve(
     where: Annotated[list[str] | None, typer.Option("--where", help="Keep items whose stored COLUMN (`embed --columns`) is one of the values, e.g. view=PA,AP, or none of them, e.g. 'sex!=F'; repeatable.")] = None,
     format: Annotated[str | None, typer.Option("--format", "-f", help="table | jsonl | csv | paths | html")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results to this file instead of stdout.")] = None,
+    null: Annotated[bool | None, typer.Option("--null", help="paths: end each with NUL instead of a newline, names exactly as they are (like find -print0; then xargs -0).")] = None,
     exact: Annotated[bool | None, typer.Option("--exact", help="Exact search even when the index has a FAISS index.")] = None,
     slices: o.Slices = None,
     model: o.ServeModel = None,
@@ -39,5 +40,5 @@ def retrieve(
     from convirt_cli.torchfree.config import RetrieveConfig
 
     run(resolve(RetrieveConfig, query=query, image=image, like=like, queries=queries, index=index, k=k, offset=offset,
-                where=where, format=format, out=out, exact=exact, slices=slices, model=model, backend=backend,
+                where=where, format=format, out=out, null=null, exact=exact, slices=slices, model=model, backend=backend,
                 device=device, threads=threads, runs_dir=runs_dir))

@@ -13,6 +13,7 @@ from convirt_cli.cli import options as o
 def shard(
     data: Annotated[Path, typer.Argument(help="Data folder or table, as pretrain reads it.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shards and shards.json.")],
+    wait: o.Wait = None,
     per_shard: Annotated[int | None, typer.Option(help="Samples per tar shard (default 1000).")] = None,
     max_side: Annotated[int | None, typer.Option(help="Downscale images whose longer side is larger, once (stored as PNG).")] = None,
     window: o.Window = None,
@@ -36,7 +37,7 @@ def shard(
     from convirt_cli.cli.settings import resolve
     from convirt_cli.torchfree.config import ShardConfig
 
-    cfg = resolve(ShardConfig, data=data, out=out, per_shard=per_shard, max_side=max_side, window=window,
+    cfg = resolve(ShardConfig, data=data, out=out, wait=wait, per_shard=per_shard, max_side=max_side, window=window,
                   slices=slices, workers=workers, image_col=image_col, text_col=text_col, sections=sections,
                   split_col=split_col, patient_col=patient_col, val_fraction=val_fraction, encoding=encoding,
                   strict=strict, where=where, join=join, seed=seed)
@@ -49,8 +50,10 @@ def _run(cfg, text_col: str | None) -> None:
     from convirt_cli.torchfree.data.shard_writer import write_shards
     from convirt_cli.torchfree.data.split import describe_split, split_rows
     from convirt_cli.torchfree.data.validate import validate_rows
+    from convirt_cli.torchfree.outputs import check_folder
     from convirt_cli.torchfree.processes import cpu_workers
 
+    check_folder(cfg.out, "shards", inputs=[cfg.data, *cfg.join])  # before any work: a refused --out is said at once
     workers = cfg.workers or cpu_workers()
     rows = read_rows(cfg.data, cfg.image_col, text_col, cfg.encoding, cfg.sections, workers=workers,
                      progress=progress_bar, join=cfg.join, warn=lambda line: note(f"warning: {line}"),
@@ -63,7 +66,8 @@ def _run(cfg, text_col: str | None) -> None:
         meta = write_shards({k: v for k, v in splits.items() if k in ("train", "val")}, cfg.out, cfg.per_shard,
                             cfg.max_side, cfg.window, on_row=lambda: advance(1), skipped=checked.skipped,
                             workers=cfg.workers, sections=cfg.sections if text_col else (), where=cfg.where,
-                            join=[str(p) for p in cfg.join], slices=cfg.slices)
+                            join=[str(p) for p in cfg.join], slices=cfg.slices, wait=cfg.wait,
+                            inputs=[cfg.data, *cfg.join])
     counts = ", ".join(f"{k} {v['count']} in {len(v['shards'])} shards" for k, v in meta["splits"].items())
     skipped = sum(meta["skipped"].values())
     note(f"{counts}; {skipped} skipped{' ' + str(dict(meta['skipped'])) if skipped else ''}; split "

@@ -10,7 +10,7 @@ mid-epoch restore).
 from __future__ import annotations
 
 import io
-import json
+import os
 import random
 from pathlib import Path
 
@@ -22,13 +22,35 @@ from torch.utils.data import IterableDataset, get_worker_info
 from convirt_cli.torchfree.data.shard_writer import META
 from convirt_cli.torchfree.data.text import text_view
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.files import read_json
 
 
 def is_shard_source(data: str | Path) -> bool:
-    """A folder written by `convirt shard`, its shards.json, or a brace pattern of .tar files."""
+    """A folder written by `convirt shard` (or one it left unfinished: shards without shards.json), its shards.json,
+    or a brace pattern of .tar files."""
     s = str(data)
-    return (Path(s).is_dir() and (Path(s) / META).is_file()) or Path(s).name == META or \
-        (s.endswith(".tar") and "{" in s)
+    return (Path(s).is_dir() and ((Path(s) / META).is_file() or any(Path(s).glob("train-*.tar")))) or \
+        Path(s).name == META or (s.endswith(".tar") and "{" in s)
+
+
+def shard_problem(path: str | Path) -> str | None:
+    """Why a .tar file is no readable shard, from its first header and its end (a tar ends in two zero blocks):
+    cheap enough for every shard at start, so a cut or overwritten shard is one line, not a stream of warnings
+    (or, when every shard is bad, a loader that draws for ever)."""
+    import tarfile
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 1024))
+            tail = f.read(1024)
+        if size == 0 or size % 512 or tail.strip(b"\0"):
+            return f"cut short or damaged ({size} bytes, no end-of-archive blocks)"
+        with tarfile.open(path) as tar:
+            tar.next()
+    except (OSError, tarfile.TarError) as e:
+        return f"not a readable tar shard ({type(e).__name__}: {str(e)[:80]})"
+    return None
 
 
 class ShardSet:
@@ -46,18 +68,23 @@ class ShardSet:
 
         out: list[str] = []
         for url in self.urls:
-            with tarfile.open(url) as tar:
-                for member in tar:
-                    if member.name.endswith(".txt"):
-                        out.append(tar.extractfile(member).read().decode("utf-8", errors="replace"))
-                        if len(out) >= limit:
-                            return out
+            try:
+                with tarfile.open(url) as tar:
+                    for member in tar:
+                        if member.name.endswith(".txt"):
+                            out.append(tar.extractfile(member).read().decode("utf-8", errors="replace"))
+                            if len(out) >= limit:
+                                return out
+            except (OSError, tarfile.TarError) as e:
+                raise ConvirtError(f"{url}: not a readable tar shard ({type(e).__name__}); re-run `convirt shard`") \
+                    from None
         return out
 
 
 def open_shards(data: str | Path) -> dict[str, ShardSet]:
     """split -> ShardSet from a shard folder (or its shards.json), or a brace pattern (all of it one train split;
-    counts from a shards.json beside the files when there is one)."""
+    counts from a shards.json beside the files when there is one). A damaged shards.json, a listed shard that is
+    missing, cut short or not a tar, a folder without shards.json: one ConvirtError each."""
     import braceexpand
 
     s = str(data)
@@ -66,8 +93,9 @@ def open_shards(data: str | Path) -> dict[str, ShardSet]:
         missing = [u for u in urls if not Path(u).is_file()]
         if missing:
             raise ConvirtError(f"{missing[0]}: no such shard ({len(missing)} of {len(urls)} in {s} missing)")
+        _check_shards(urls)
         meta_path = Path(urls[0]).parent / META
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = _read_meta(meta_path) if meta_path.is_file() else {}
         known = {name: split for split, v in meta.get("splits", {}).items() for name in v["shards"]}
         count = None
         if meta and all(Path(u).name in known for u in urls):
@@ -76,21 +104,40 @@ def open_shards(data: str | Path) -> dict[str, ShardSet]:
             count = sum(min(per, total[known[Path(u).name]]) for u in urls)  # an estimate for partial patterns
         return {"train": ShardSet(urls, count, meta), "val": ShardSet([], 0, meta)}
     folder = Path(s).parent if Path(s).name == META else Path(s)
-    try:
-        meta = json.loads((folder / META).read_text())
-    except (OSError, ValueError) as e:
-        raise ConvirtError(f"{folder / META}: unreadable ({type(e).__name__}); re-run `convirt shard`") from None
+    if not (folder / META).is_file():
+        raise ConvirtError(f"{folder}: shards without {META}: an unfinished `convirt shard` (killed, or still "
+                           "running?); run `convirt shard` again")
+    meta = _read_meta(folder / META)
     out = {}
     for split in ("train", "val"):
-        info = meta.get("splits", {}).get(split, {"count": 0, "shards": []})
+        info = meta["splits"].get(split, {"count": 0, "shards": []})
         urls = [str(folder / n) for n in info["shards"]]
         for u in urls:
             if not Path(u).is_file():
                 raise ConvirtError(f"{u}: listed in {folder / META} but missing; re-run `convirt shard`")
+        _check_shards(urls)
         out[split] = ShardSet(urls, info["count"], meta)
     if not out["train"].urls:
         raise ConvirtError(f"{folder}: no train shards; re-run `convirt shard`")
     return out
+
+
+def _read_meta(path: Path) -> dict:
+    """shards.json, checked: a damaged one is one line, not a KeyError later."""
+    meta = read_json(path, "re-run `convirt shard`")
+    splits = meta.get("splits")
+    ok = isinstance(splits, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("count"), int) and isinstance(v.get("shards"), list)
+        and all(isinstance(n, str) and "/" not in n for n in v["shards"]) for v in splits.values())
+    if not ok:
+        raise ConvirtError(f"{path}: damaged (its splits are not {{count, shards}}); re-run `convirt shard`")
+    return meta
+
+
+def _check_shards(urls: list[str]) -> None:
+    for u in urls:
+        if (why := shard_problem(u)) is not None:
+            raise ConvirtError(f"{u}: {why}; re-run `convirt shard` (or copy the shard again)")
 
 
 class ShardDataset(IterableDataset):

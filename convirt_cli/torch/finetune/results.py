@@ -16,6 +16,7 @@ from convirt_cli.torchfree.config import FinetuneConfig
 from convirt_cli.torchfree.data.readers import TABLE_NAMES, Row
 from convirt_cli.torchfree.evaluate.metrics import bootstrap_ci, task_metrics
 from convirt_cli.torchfree.files import atomic_write_text, write_json
+from convirt_cli.torchfree.serve.formats import spreadsheet_safe
 
 
 def test_report(task: str, y: np.ndarray, scores: np.ndarray, names: list[str], n_boot: int, seed: int) -> dict:
@@ -73,7 +74,7 @@ def table_csv(table: dict) -> str:
             c = row["cells"].get(str(f))
             rows = used.get(str(f), {}).get("n_min", "")
             cells += [f"{c['mean']:.4f}", f"{c['sd']:.4f}", c["n"], rows] if c else ["", "", 0, rows]
-        w.writerow([row["init"]] + cells)
+        w.writerow([spreadsheet_safe(row["init"])] + cells)
     return buf.getvalue()
 
 

@@ -23,6 +23,7 @@ from convirt_cli.torchfree.data.validate import validate_rows
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.metrics import PRIMARY, bootstrap_ci, dice_iou, segmentation_metrics
 from convirt_cli.torchfree.files import write_json
+from convirt_cli.torchfree.outputs import fresh_dir
 from convirt_cli.torchfree.preprocess import Preprocess
 from convirt_cli.torchfree.processes import cpu_workers
 from convirt_cli.torchfree.report import Reporter
@@ -89,7 +90,7 @@ def segmentation_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device)
     if cfg.dry_run:
         return None
     out = out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    fresh_dir(out, "finetune")
     write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": [i.spec for i in inits],
                                                                    "random_model": baseline})
     train_idx = splits["train"]

@@ -37,6 +37,7 @@ from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.evaluate.labels import Labels, sample_fraction
 from convirt_cli.torchfree.evaluate.metrics import METRICS, PRIMARY
 from convirt_cli.torchfree.files import write_json
+from convirt_cli.torchfree.outputs import check_folder, fresh_dir, locked
 from convirt_cli.torchfree.report import NullReporter, Reporter
 
 
@@ -76,13 +77,25 @@ def label_subsets(cfg: FinetuneConfig, labels: Labels, train_idx: np.ndarray, re
 
 def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | None:
     """Run the sweep in cfg; returns the output folder (results.json, table.json/csv, plot, predictions/, models/);
-    None after --dry-run."""
+    None after --dry-run. The folder must be absent, empty or a finetune folder (which is replaced), and is locked
+    while written (`cfg.wait`: wait for another writer)."""
     rep = reporter or NullReporter()
     device = pick_device(cfg.device)
     if cfg.task == "segmentation":
-        from convirt_cli.torch.finetune.segmentation import segmentation_sweep
+        from convirt_cli.torch.finetune.segmentation import segmentation_sweep as sweep
+    else:
+        sweep = classification_sweep
+    if cfg.dry_run:
+        return sweep(cfg, rep, device)
+    flag = "--out" if cfg.out else "--runs-dir"
+    cfg = cfg.model_copy(update={"out": out_dir(cfg)})  # named once: the default carries the time
+    check_folder(cfg.out, "finetune", flag, inputs=[cfg.data, *cfg.join])
+    with locked(cfg.out, cfg.wait):
+        return sweep(cfg, rep, device)
 
-        return segmentation_sweep(cfg, rep, device)
+
+def classification_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.device) -> Path | None:
+    """Labels, inits and images read; a classifier per (init, fraction, seed); the table and plot written."""
     rows, labels, splits, summary = prepare_data(cfg, rep)
     metric = check_metric(cfg, labels)
     inits, baseline = resolve_inits(cfg)
@@ -93,7 +106,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> Path | No
     splits = drop_unreadable(images.get(inits[0].image.preprocess)[1], splits, summary)
     describe_data(rep, summary, dry_run=False)
     out = out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    fresh_dir(out, "finetune")
     write_json(out / "config.json", cfg.model_dump(mode="json") | {"init": [i.spec for i in inits],
                                                                    "random_model": baseline})
     subsets, used = label_subsets(cfg, labels, splits["train"], rep)

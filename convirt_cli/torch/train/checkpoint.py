@@ -17,24 +17,70 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.files import atomic_write_text
+from convirt_cli.torchfree.files import atomic_write_text, writing
 
 
 def save_checkpoint(run: Path, model: torch.nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoints/step-N whole (built in a temporary folder, then renamed), then point `last` at it. A
+    failed write (full disk, size limit) is one WriteError naming the file; the temporary folder is removed and the
+    previous checkpoints stay as they were."""
     ckdir = run / "checkpoints"
-    ckdir.mkdir(parents=True, exist_ok=True)
     final = ckdir / f"step-{state['step']:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ckdir))
-    os.chmod(tmp, 0o755)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with writing(ckdir):
+        ckdir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ckdir))
+    try:
+        os.chmod(tmp, 0o755)
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with writing(final / "model.safetensors"):
+            save_file(weights, str(tmp / "model.safetensors"))
+        _save_state(state, tmp / "state.pt", final / "state.pt")
+        with writing(final):
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     atomic_write_text(ckdir / "last", final.name + "\n")
     for old in sorted(ckdir.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class _Writer:
+    """A file torch.save writes through, keeping the OSError it met: torch reports a failed write as a RuntimeError
+    ('unexpected pos ...') without the cause."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        try:
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        except OSError as e:
+            self.error = e
+            raise
+        return done
+
+    def flush(self) -> None:
+        pass
+
+
+def _save_state(state: dict[str, Any], path: Path, named: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    writer = _Writer(fd)
+    try:
+        with writing(named):
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+    finally:
+        os.close(fd)
 
 
 def candidates(run: Path) -> list[Path]:

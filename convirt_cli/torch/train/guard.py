@@ -43,6 +43,8 @@ def verdict(losses: list[float], batch: int, warned_at: dict | None, val: dict |
     out = {"ln_batch": round(ln_b, 4), "final_loss": round(mean, 4), "band": BAND, "collapsed": collapsed,
            "warned": warned_at}
     if collapsed:
+        val_says = ("validation retrieval is at chance" if val and "val_i2t_r5" in val else
+                    "no validation retrieval was measured to show otherwise")
         out["message"] = (f"its loss ended at {mean:.3f}, within {BAND:.0%} of ln({batch}) = {ln_b:.3f}, and "
-                          f"validation retrieval is at chance. Likely fixes: {FIXES}")
+                          f"{val_says}. Likely fixes: {FIXES}")
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -49,6 +50,7 @@ from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.errors import ConvirtError, Interrupted
 from convirt_cli.torchfree.files import write_json
 from convirt_cli.torchfree.objectives import get_objective, list_objectives
+from convirt_cli.torchfree.outputs import check_folder, folder_kind, fresh_dir, locked, mark
 from convirt_cli.torchfree.registry import get_model_config, with_overrides
 from convirt_cli.torchfree.report import NullReporter, Reporter
 from convirt_cli.torchfree.runs import (
@@ -104,7 +106,10 @@ def set_up(cfg: PretrainConfig, run: Path, train_rows: list[Row], device: torch.
     memory layout that pays there."""
     torch.manual_seed(cfg.seed)
     if dist.main:
-        run.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            mark(run, "run")
+        else:
+            fresh_dir(run, "run")  # an old run in --out is replaced (outputs.check_folder allowed only that)
         obj = build_objective(cfg, run, train_rows, device, dist)
     if dist.world > 1:
         torch.distributed.barrier()
@@ -162,6 +167,8 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path | No
     if not dist.main:
         rep = NullReporter()  # one progress bar, from rank 0
     run = run or new_run(cfg, dist, device)
+    if dist.main and not cfg.dry_run:  # before the data is read: a refused --out is said at once
+        check_folder(run, "run", "--out" if cfg.out else "--runs-dir", inputs=[cfg.data, cfg.image_init])
     if is_shard_source(cfg.data):
         train_rows, val_rows, min_side, data = prepare_shards(cfg, rep)
         cfg = shards_window(cfg, data)
@@ -169,15 +176,16 @@ def pretrain(cfg: PretrainConfig, reporter: Reporter | None = None) -> Path | No
         train_rows, val_rows, min_side, data = prepare_rows(cfg, need_text=spec.needs_text, rep=rep)
     if cfg.dry_run:
         return dry_run(cfg, len(train_rows), dist, rep)
-    created = not run.exists()
-    try:
-        return _train(cfg, run, train_rows, val_rows, device, dist, rep, min_side, data)
-    except Interrupted:
-        raise
-    except BaseException:
-        if created and dist.main and not (run / "metrics.jsonl").exists():  # a failed start leaves nothing behind
-            shutil.rmtree(run, ignore_errors=True)
-        raise
+    with locked(run, cfg.wait) if dist.main else nullcontext():  # one writer per run folder (rank 0 writes)
+        created = not run.exists() or (not cfg.resume and folder_kind(run) == "run")  # new, or replacing a run
+        try:
+            return _train(cfg, run, train_rows, val_rows, device, dist, rep, min_side, data)
+        except Interrupted:
+            raise
+        except BaseException:
+            if created and dist.main and not (run / "metrics.jsonl").exists():  # a failed start leaves nothing
+                shutil.rmtree(run, ignore_errors=True)
+            raise
 
 
 def dry_run(cfg: PretrainConfig, n_train: int, dist: Dist, rep: Reporter) -> None:

@@ -117,9 +117,22 @@ def read_table(path: Path, encoding: str = "auto") -> list[dict[str, str]]:
             rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
         return rows
     try:
-        return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","))
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
+        records = list(reader)
     except csv.Error as e:
         raise ConvirtError(f"{path}: not a readable CSV ({e}); check its quoting") from None
+    _check_widths(path, records, len(reader.fieldnames or ()))
+    return records
+
+
+def _check_widths(path: Path, records: list[dict], width: int) -> None:
+    """A row with more cells than the header (an unquoted comma in a report) has its columns shifted: its labels,
+    split or image would be wrong, so it is an error naming the rows, not a silent guess. Fewer cells are blanks."""
+    long = [(i, len(r[None]) + width) for i, r in enumerate(records, start=2) if None in r]
+    if long:
+        rows = ", ".join(str(i) for i, _ in long[:5]) + (" ..." if len(long) > 5 else "")
+        raise ConvirtError(f"{path}:{long[0][0]}: {long[0][1]} cells but the header has {width} (an unquoted comma "
+                           f"in a cell?); {len(long)} such row(s): {rows}. Quote those cells or fix the rows")
 
 
 def read_rows(data: str | Path, image_col: str = "image", text_col: str | None = "text",
@@ -264,8 +277,11 @@ def _text(value: str, base: Path) -> tuple[str, str | None]:
     name = value.strip()
     if not name.lower().endswith(".txt") or "\n" in name or len(name) > 1024:
         return value, None
+    report = base / name
+    if report.exists() and not report.is_file():  # a named pipe would block the read
+        return "", "report is not a regular file"
     try:
-        return (base / name).read_text(encoding="utf-8", errors="replace"), None
+        return report.read_text(encoding="utf-8", errors="replace"), None
     except OSError:
         return ("", "missing report file") if not any(c.isspace() for c in name) else (value, None)
 

@@ -6,7 +6,8 @@ by reason, how images were stored), written last: a folder without it is an unfi
 one tar member per field, named `<key>.<field>` in sorted field order as WebDataset writes them: `<key>.png` /
 `.jpg` / ... (the image bytes, or an 8-bit PNG when downscaled or windowed), `<key>.txt` (the report) and
 `<key>.json` ({"source": "file:row", "columns": {...}}); the key is the row's number in the source table.
-Each tar is written under a temporary name and renamed when complete.
+The folder is built beside its place and swapped in whole (outputs.owned_dir), so a reader sees the old shards or
+the new ones, and `--out` replaces only a shard folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.data.shard_samples import encoded
 from convirt_cli.torchfree.files import write_json
+from convirt_cli.torchfree.outputs import owned_dir
 from convirt_cli.torchfree.processes import cpu_workers
 
 META = "shards.json"
@@ -104,27 +106,25 @@ def _write_split(rows: list[Row], first_key: int, sink: TarShards, options: tupl
 def write_shards(splits: dict[str, list[Row]], out: Path, per_shard: int, max_side: int | None, window: str,
                  on_row=None, skipped: list[tuple[Row, str]] = (), workers: int | None = None,
                  sections: list[str] | tuple[str, ...] = (), where: list[str] | tuple[str, ...] = (),
-                 join: list[str] | tuple[str, ...] = (), slices: str = "middle") -> dict:
-    """Write each split's rows as shards under `out`; returns shards.json. `skipped`: rows validation already set
-    aside, counted with those that fail here. `workers`: processes decoding and encoding (None: one per CPU
-    core); the shards are the same for any number."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)
+                 join: list[str] | tuple[str, ...] = (), slices: str = "middle", wait: bool = False,
+                 inputs: list | tuple = ()) -> dict:
+    """Write each split's rows as shards under `out` (absent, empty or a shard folder, and no input; `wait`: for
+    another writer of it); returns shards.json. `skipped`: rows validation already set aside, counted with those
+    that fail here. `workers`: processes decoding and encoding (None: one per CPU core); the shards are the same
+    for any number."""
     meta: dict = {"format": "convirt-shards/1", "per_shard": per_shard, "max_side": max_side, "window": window,
                   "sections": list(sections), "where": list(where), "join": list(join), "slices": slices, "splits": {},
                   "skipped": {}, "skipped_examples": []}
     for row, reason in skipped:
         _count_skip(meta, row.source, reason)
     key = 0
-    for split, rows in splits.items():
-        if not rows:
-            continue
-        for old in out.glob(f"{split}-*.tar"):
-            old.unlink()
-        sink = TarShards(str(out / f"{split}-%06d.tar"), per_shard)
-        count = _write_split(rows, key + 1, sink, (max_side, window), workers or cpu_workers(), meta, on_row)
-        key += len(rows)
-        meta["splits"][split] = {"count": count, "shards": [p.name for p in sink.written]}
-    write_json(out / META, meta)
+    with owned_dir(out, "shards", wait, inputs=inputs) as tmp:
+        for split, rows in splits.items():
+            if not rows:
+                continue
+            sink = TarShards(str(tmp / f"{split}-%06d.tar"), per_shard)
+            count = _write_split(rows, key + 1, sink, (max_side, window), workers or cpu_workers(), meta, on_row)
+            key += len(rows)
+            meta["splits"][split] = {"count": count, "shards": [p.name for p in sink.written]}
+        write_json(tmp / META, meta)
     return meta

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from convirt_cli.torchfree.data.readers import Row
 from convirt_cli.torchfree.data.where import excluded, parse_where
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.formats import ImageError, check_image
+from convirt_cli.torchfree.formats import ImageError, check_image, check_regular
 from convirt_cli.torchfree.progress import ProgressBar
 
 
@@ -36,6 +36,10 @@ def reason_kind(reason: str) -> str:
 def check_row(row: Row, need_text: bool) -> str | int:
     """The reason a row cannot be used, or its image's shorter side (pixels)."""
     if not row.image.is_file():
+        try:
+            check_regular(row.image)
+        except ImageError as e:
+            return str(e)
         return "missing image file"
     if need_text and row.text_problem:
         return row.text_problem

@@ -6,9 +6,12 @@ policies of volumes (slices.py). Built in: plain images through Pillow (plain.py
 
 from convirt_cli.torchfree.formats import dicom, nifti, plain  # noqa: F401 - each registers its format
 from convirt_cli.torchfree.formats.table import (
+    MAX_PIXELS,
     Format,
     ImageError,
     check_image,
+    check_pixels,
+    check_regular,
     format_header,
     format_of,
     formats,
@@ -23,6 +26,6 @@ from convirt_cli.torchfree.formats.table import (
     volume_info,
 )
 
-__all__ = ["Format", "ImageError", "check_image", "format_header", "format_of", "formats", "image_suffixes",
+__all__ = ["MAX_PIXELS", "Format", "ImageError", "check_image", "check_pixels", "check_regular", "format_header", "format_of", "formats", "image_suffixes",
            "matched_suffix", "may_have_header", "read_gray", "reading", "register_format", "suffix_format", "unregister_format",
            "volume_info"]

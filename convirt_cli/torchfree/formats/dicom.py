@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from convirt_cli.torchfree.formats.table import Format, ImageError, register_format
+from convirt_cli.torchfree.formats.table import (
+    Format,
+    ImageError,
+    check_pixels,
+    check_regular,
+    register_format,
+)
 from convirt_cli.torchfree.formats.window import (
     FlatImage,
     lut_friendly,
@@ -48,6 +54,8 @@ class DicomError(ImageError):
 def has_marker(path: str | Path) -> bool:
     """The 'DICM' marker at byte 128: DICOM files often have no extension (PACS exports: IM000001, 1.2.840...)."""
     try:
+        if not Path(path).is_file():  # a named pipe would block the read
+            return False
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
@@ -61,6 +69,10 @@ def _read(path: Path, pixels: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    try:
+        check_regular(path)
+    except ImageError as e:
+        raise DicomError(str(e)) from None
     try:
         return pydicom.dcmread(path, stop_before_pixels=pixels == "skip", defer_size="1 KB" if pixels == "defer" else None)
     except InvalidDicomError:
@@ -106,6 +118,7 @@ def _checked(ds, path: Path) -> int:
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
         raise DicomError("DICOM without Rows/Columns")
+    _check_pixels(cols, rows)
     ts = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
     if ts is not None and not ts.is_compressed:
         expected = rows * cols * int(ds.get("BitsAllocated", 16) or 16) // 8
@@ -165,14 +178,35 @@ def read_gray(path: str | Path, window: str = "auto") -> np.ndarray:
         raise DicomError(f"unreadable DICOM header ({type(e).__name__})") from None
 
 
+def _can_decode(ts) -> bool:
+    """Is a decoder for transfer syntax `ts` installed? (A damaged file must not be blamed on a missing one.)"""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except Exception:  # noqa: BLE001 - a syntax pydicom has no decoder for at all (MPEG-2 video)
+        return False
+
+
+def _check_pixels(cols: int, rows: int) -> None:
+    try:
+        check_pixels(cols, rows)
+    except ImageError as e:
+        raise DicomError(str(e)) from None
+
+
 def _gray(ds, window: str, kind: str) -> np.ndarray:
     _check_kind(ds)
+    _check_pixels(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))  # before the pixels are decoded
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         stored = ds.pixel_array
     except Exception as e:  # noqa: BLE001
-        if ts is not None and ts.is_compressed and ("plugin" in str(e) or "decod" in str(e).lower()):
+        if ts is not None and ts.is_compressed and not _can_decode(ts):
             raise DicomError(f"compressed DICOM ({ts.name}) with no decoder installed for it: {DECODERS}") from None
+        if ts is not None and ts.is_compressed:
+            raise DicomError(f"compressed DICOM ({ts.name}) whose pixel data does not decode (truncated or damaged: "
+                             f"{type(e).__name__}; its decoder is installed)") from None
         raise DicomError(f"unreadable DICOM pixel data (truncated or damaged: {type(e).__name__})") from None
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 

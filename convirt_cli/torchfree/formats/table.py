@@ -7,6 +7,8 @@ torch-free `embed` / `retrieve` (`read_gray`). A new format is one module that c
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +24,29 @@ FALLBACK = "plain"  # a file no format claims goes to Pillow, which knows many m
 
 class ImageError(ValueError):
     """A file that cannot become a model input; str() is the reason a skip or a one-line refusal names."""
+
+
+# the most pixels one image may have (a 10k x 10k scan): a larger one is refused by its header, before a byte of
+# pixel data is decoded (not Pillow's DecompressionBombWarning after it has allocated the memory)
+MAX_PIXELS = 100_000_000
+
+
+def check_regular(path: str | Path) -> None:
+    """Only regular files are opened as images: a named pipe called x.png would block its reader for ever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader says so
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise ImageError(f"not a regular file ({kind})")
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Every format's header check calls this with the image's size."""
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{width} x {height} pixels ({width * height / 1e6:.0f} MP) is over the "
+                         f"{MAX_PIXELS / 1e6:.0f} MP limit for one image")
 
 
 @dataclass(frozen=True)
@@ -95,7 +120,7 @@ def suffix_format(path: str | Path) -> Format | None:
 def format_of(path: str | Path) -> Format | None:
     """The format of a file: by its name, else by its content (each format's magic test); None when none claims it."""
     fmt = suffix_format(path)
-    if fmt is not None:
+    if fmt is not None or not Path(path).is_file():  # a named pipe's first bytes would never come
         return fmt
     return next((f for f in _FORMATS.values() if f.magic is not None and f.magic(Path(path))), None)
 
@@ -109,6 +134,7 @@ def read_gray(path: str | Path, window: str = "auto", slice: int | None = None,
               draft: int | None = None) -> np.ndarray:
     """Any image file -> uint8 [H, W] at full resolution under window policy `window`; `slice` of a volume (None:
     its middle one). Raises OSError / ValueError (ImageError names the reason)."""
+    check_regular(path)
     fmt = reading(path)
     if slice is not None and fmt.volume is None:
         raise ImageError(f"{fmt.name} files hold one image: there is no slice {slice}")
@@ -117,6 +143,7 @@ def read_gray(path: str | Path, window: str = "auto", slice: int | None = None,
 
 def check_image(path: str | Path) -> int:
     """Header-only check: the shorter side in pixels; raises with the reason (ImageError) or any other error."""
+    check_regular(path)
     fmt = reading(path)
     if fmt.check is None:  # a format without a cheap check: decode it once
         return min(fmt.read(Path(path), "minmax", None, None).shape)
@@ -129,6 +156,10 @@ def format_header(path: str | Path) -> tuple[dict[str, str], int | str] | None:
     fmt = format_of(path)
     if fmt is None or fmt.header is None:
         return None
+    try:
+        check_regular(path)
+    except ImageError as e:
+        return dict.fromkeys(fmt.columns, ""), str(e)
     cols, check = fmt.header(Path(path))
     return cols or dict.fromkeys(fmt.columns, ""), check
 
@@ -144,4 +175,7 @@ def volume_info(path: str | Path) -> tuple[int, int] | None:
     """(slices, shorter side of a slice) of a volume file (by its name); None for other files. Raises ImageError for
     a volume that cannot be read (the reason)."""
     fmt = suffix_format(path)
-    return None if fmt is None or fmt.volume is None else fmt.volume(Path(path))
+    if fmt is None or fmt.volume is None:
+        return None
+    check_regular(path)
+    return fmt.volume(Path(path))

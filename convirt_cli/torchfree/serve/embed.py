@@ -6,11 +6,13 @@ Torch-free; the encoder passed in decides whether torch runs at all.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from convirt_cli.torchfree.errors import ConvirtError
+from convirt_cli.torchfree.outputs import check_folder, locked
 from convirt_cli.torchfree.progress import Advance
 from convirt_cli.torchfree.serve.index import is_index_dir, next_id, open_index, write_index
 
@@ -21,13 +23,24 @@ def part_bounds(n: int, parts: int, part: int) -> tuple[int, int]:
 
 
 def embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool = False, batch_size: int = 64,
-                on_progress: Advance | None = None, part: tuple[int, int] = (0, 1)) -> dict:
+                on_progress: Advance | None = None, part: tuple[int, int] = (0, 1), wait: bool = False,
+                inputs: Sequence[str | Path] = ()) -> dict:
     """Encode `items` ({path} or {text}, source, optional columns) into the index at `out`; returns index.json +
     skipped list.
 
     Ids are input positions (after the existing index's ids with --append); skipped inputs keep theirs unused.
     part (index, of): only that contiguous share of the inputs, ids still their positions in all of them.
+    `out` must be absent, empty or an index, and no input (outputs.check_folder); it is locked from before its
+    ids are read until the new rows are committed, so two appends at once add both their rows (`wait`: the second
+    waits; else it stops naming the first's pid).
     """
+    out = check_folder(out, "index", inputs=inputs)
+    with locked(out, wait):
+        return _embed_items(encoder, kind, items, out, append, batch_size, on_progress, part)
+
+
+def _embed_items(encoder, kind: str, items: list[dict], out: Path, append: bool, batch_size: int,
+                 on_progress: Advance | None, part: tuple[int, int]) -> dict:
     which, parts = part
     total = len(items)
     lo, hi = part_bounds(total, parts, which)

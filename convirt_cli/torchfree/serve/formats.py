@@ -8,6 +8,15 @@ import io
 import json
 
 FIELDS = ["query", "query_kind", "rank", "score", "id", "path", "text", "source", "slice", "query_slice"]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """A text cell a spreadsheet would run as a formula gets a leading ' (OWASP's advice on CSV injection): a
+    report reading '=HYPERLINK(...)' or '-2 cm nodule' stays text. Numbers are left as they are."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+        return "'" + cell
+    return cell
 
 
 def query_label(q: dict) -> tuple[str, str]:
@@ -37,14 +46,32 @@ def to_jsonl(results: list[dict]) -> str:
 
 
 def to_csv(results: list[dict]) -> str:
+    """A header, then one row per hit; text cells safe to open in a spreadsheet. A row with a carriage return in a
+    cell is quoted whole (the csv module quotes only the line terminator's characters, here \\n)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    quoted = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writeheader()
     for rec in records(results):
-        w.writerow({k: "" if v is None else v for k, v in rec.items()})
+        row = {k: "" if v is None else spreadsheet_safe(v) for k, v in rec.items()}
+        (quoted if any("\r" in str(v) for v in row.values()) else w).writerow(row)
     return buf.getvalue()
 
 
-def to_paths(results: list[dict]) -> str:
-    """One hit per line: the image path (text index: the text, newlines flattened)."""
-    return "".join((rec["path"] or (rec["text"] or "").replace("\n", " ")) + "\n" for rec in records(results))
+def to_paths(results: list[dict], null: bool = False) -> str:
+    """One hit per line: the image path, a newline inside it written as the two characters \\n (text index: the
+    text, newlines flattened). null: each exactly as it is, ended by NUL (as `find -print0`, for `xargs -0`)."""
+    out = []
+    for rec in records(results):
+        if null:
+            out.append((rec["path"] or rec["text"] or "") + "\0")
+        elif rec["path"] is not None:
+            out.append(rec["path"].replace("\n", "\\n").replace("\r", "\\r") + "\n")
+        else:
+            out.append(" ".join((rec["text"] or "").splitlines()) + "\n")
+    return "".join(out)
+
+
+def paths_with_newlines(results: list[dict]) -> int:
+    """How many hits' paths to_paths writes escaped (without null)."""
+    return sum("\n" in p or "\r" in p for rec in records(results) if (p := rec["path"]) is not None)

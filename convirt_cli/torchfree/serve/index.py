@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from convirt_cli.torchfree.errors import ConvirtError
-from convirt_cli.torchfree.files import atomic_write_text, read_json, staged_dir, write_json
+from convirt_cli.torchfree.files import atomic_write_bytes, atomic_write_text, read_json, write_json, writing
+from convirt_cli.torchfree.outputs import MARKER, check_folder, folder_kind, locked, mark, owned_dir
 
 LATEST_INDEX = "latest-index"
 FAISS_FILE, FAISS_META = "faiss.index", "faiss.json"
@@ -67,6 +68,8 @@ class Items(Sequence):
             item = None
         if not isinstance(item, dict):
             raise ConvirtError(f"{self.path}:{i + 1}: damaged line; {self.fix}")
+        if type(item.get("id")) is not int or not isinstance(item.get("path", item.get("text")), str):
+            raise ConvirtError(f"{self.path}:{i + 1}: damaged line (no id, or neither path nor text); {self.fix}")
         return item
 
     def row_of(self, item_id: int) -> int | None:
@@ -137,33 +140,35 @@ def open_index(path: Path, mmap: bool = True) -> Index:
 
 
 def _write_npy(path: Path, parts: list[np.ndarray], dim: int) -> None:
-    """Concatenate parts into a new .npy beside `path` (streamed through a memmap), then rename."""
+    """Concatenate parts into a new .npy beside `path` (streamed in slices, by plain writes: a memory map's pages
+    would meet a full disk as SIGBUS, not as an error), then rename. A failed write is one WriteError naming
+    `path`; the temporary file is removed."""
     n = sum(len(p) for p in parts)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    os.close(fd)
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        at = 0
-        for p in parts:
-            for s in range(0, len(p), 1 << 16):  # copy in slices: an mmapped old part never loads whole
-                blk = np.asarray(p[s:s + (1 << 16)], dtype=np.float32)
-                out[at:at + len(blk)] = blk
-                at += len(blk)
-        out.flush()
-        del out
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                          "shape": (n, dim)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for p in parts:
+                    for s in range(0, len(p), 1 << 16):  # in slices: an mmapped old part never loads whole
+                        f.write(np.ascontiguousarray(p[s:s + (1 << 16)], dtype=np.float32).tobytes())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _jsonl(items: list[dict]) -> str:
     return "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items)
 
 
-def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dict, append: bool = False) -> dict:
-    """Create (or with `append`, extend) the index at `path`; returns the committed index.json."""
+def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dict, append: bool = False,
+                wait: bool = False, inputs: Sequence[str | Path] = ()) -> dict:
+    """Create (or with `append`, extend) the index at `path`; returns the committed index.json. `path` must be
+    absent, empty or an index (outputs.check_folder); one writer at a time (`wait`: wait for the other)."""
     path = Path(path)
     if len(items) != len(embeddings):
         raise ValueError("one item per embedding row")
@@ -172,33 +177,43 @@ def write_index(path: Path, embeddings: np.ndarray, items: list[dict], meta: dic
         raise ValueError("item ids must ascend (Items.row_of finds an id by binary search)")
     dim = int(meta["dim"])
     if append and is_index_dir(path):
-        old = open_index(path)
-        if old.meta["fingerprint"] != meta["fingerprint"]:
-            raise ConvirtError(f"--append: {path} was built by model {old.meta['fingerprint']} "
-                               f"({old.meta.get('model')}), not {meta['fingerprint']}; embed into a new --out")
-        if old.meta["kind"] != meta["kind"]:
-            raise ConvirtError(f"--append: {path} holds {old.meta['kind']} embeddings, not {meta['kind']}")
-        _write_npy(path / "embeddings.npy", [old.embeddings, embeddings], dim)
-        atomic_write_text(path / "items.jsonl", _jsonl(list(old.items) + items))
-        meta = old.meta | {k: v for k, v in meta.items() if k not in ("created", "skipped")}
-        meta |= {"count": old.count + len(items), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "skipped": old.meta.get("skipped", []) + meta.get("skipped", [])}
-        (path / FAISS_FILE).unlink(missing_ok=True)  # stale now; `convirt index build` makes a new one
-        write_json(path / "index.json", meta)  # commit
-        return meta
+        path = check_folder(path, "index", inputs=inputs)
+        with locked(path, wait):
+            return _append(path, embeddings, items, meta, dim)
     meta = dict(meta, count=len(items))
-    with staged_dir(path) as tmp:
+    with owned_dir(path, "index", wait, inputs=inputs) as tmp:
         _write_npy(tmp / "embeddings.npy", [embeddings], dim)
         atomic_write_text(tmp / "items.jsonl", _jsonl(items))
         write_json(tmp / "index.json", meta)
     return meta
 
 
-def merge_indexes(parts: list[Path], out: Path) -> dict:
+def _append(path: Path, embeddings: np.ndarray, items: list[dict], meta: dict, dim: int) -> dict:
+    """New embeddings.npy and items.jsonl (old rows + new) renamed in, then index.json: the commit point."""
+    old = open_index(path)
+    if old.meta["fingerprint"] != meta["fingerprint"]:
+        raise ConvirtError(f"--append: {path} was built by model {old.meta['fingerprint']} "
+                           f"({old.meta.get('model')}), not {meta['fingerprint']}; embed into a new --out")
+    if old.meta["kind"] != meta["kind"]:
+        raise ConvirtError(f"--append: {path} holds {old.meta['kind']} embeddings, not {meta['kind']}")
+    _write_npy(path / "embeddings.npy", [old.embeddings, embeddings], dim)
+    atomic_write_text(path / "items.jsonl", _jsonl(list(old.items) + items))
+    meta = old.meta | {k: v for k, v in meta.items() if k not in ("created", "skipped")}
+    meta |= {"count": old.count + len(items), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "skipped": old.meta.get("skipped", []) + meta.get("skipped", [])}
+    (path / FAISS_FILE).unlink(missing_ok=True)  # stale now; `convirt index build` makes a new one
+    if folder_kind(path) is not None and not (path / MARKER).is_file():
+        mark(path, "index")  # an index made before markers
+    write_json(path / "index.json", meta)  # commit
+    return meta
+
+
+def merge_indexes(parts: list[Path], out: Path, wait: bool = False) -> dict:
     """Join the parts of a split `embed --parts N` (or any indexes of one model and kind) into one index at `out`,
     rows in id order: a merge of all N parts equals one `embed` of the whole input, row for row."""
     if not parts:
         raise ConvirtError("index merge: name the part folders to join")
+    check_folder(out, "index", inputs=parts)
     opened = []
     for p in parts:
         if not is_index_dir(p):
@@ -226,14 +241,31 @@ def merge_indexes(parts: list[Path], out: Path) -> dict:
         items += list(idx.items)
     ids = [it["id"] for it in items]
     if len(set(ids)) != len(ids):
-        raise ConvirtError("index merge: the parts share ids (the same inputs embedded twice?); merge disjoint parts")
+        raise ConvirtError(_shared_ids(items))
     order = np.argsort(ids, kind="stable")
     emb = np.concatenate([np.asarray(idx.embeddings) for idx in opened])[order]
     meta = {k: v for k, v in first.meta.items() if k not in ("part", "count", "skipped", "next_id", "updated")}
     meta |= {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "merged_from": [str(Path(p).resolve()) for p in parts],
              "next_id": max(int(idx.meta.get("next_id", 0)) for idx in opened),
              "skipped": sorted((s for idx in opened for s in idx.meta.get("skipped", [])), key=lambda s: s["id"])}
-    return write_index(out, emb, [items[i] for i in order], meta)
+    return write_index(out, emb, [items[i] for i in order], meta, wait=wait, inputs=parts)
+
+
+def _shared_ids(items: list[dict]) -> str:
+    """Why two parts share an id: the same input in both, or indexes of different inputs (each counts from 0)."""
+    first: dict[int, dict] = {}
+    for it in items:
+        seen = first.setdefault(it["id"], it)
+        if seen is not it:
+            what = {k: it.get(k) for k in ("path", "text")}
+            if what == {k: seen.get(k) for k in ("path", "text")}:
+                return (f"index merge: id {it['id']} ({it.get('path') or it.get('text', '')[:60]}) is in two parts: "
+                        "the same inputs embedded twice; merge the disjoint parts of one `convirt embed --num-shards N`")
+            return (f"index merge: id {it['id']} names different inputs in two parts ({seen.get('source')}, "
+                    f"{it.get('source')}): these indexes were embedded from different inputs, each numbering its "
+                    "items from 0; merge joins the parts of one `convirt embed --num-shards N`. To index different "
+                    "inputs together, `convirt embed INPUT --out INDEX --append` each into one index")
+    return "index merge: the parts share ids"
 
 
 def next_id(path: Path) -> int:
@@ -288,7 +320,8 @@ def _recall_at_10(index: Index, fi, rows: np.ndarray) -> float:
 
 
 def build_faiss(index: Index, index_type: str = "auto", nlist: int | None = None, m: int = 32, ef_search: int = 128,
-                nprobe: int = 16, sample: int = 1000, seed: int = 0, exact_max_bytes: int = EXACT_MAX_BYTES) -> dict:
+                nprobe: int = 16, sample: int = 1000, seed: int = 0, exact_max_bytes: int = EXACT_MAX_BYTES,
+                wait: bool = False) -> dict:
     """Write faiss.index (+ faiss.json with its recall@10 against exact search on `sample` item queries).
 
     The queries are indexed items, so each query's own row is dropped from both result lists (leave-one-out):
@@ -330,13 +363,14 @@ def build_faiss(index: Index, index_type: str = "auto", nlist: int | None = None
     fi.add(x)
     qi = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
     recall = _recall_at_10(index, fi, qi)
-    tmp = index.path / f".{FAISS_FILE}.tmp"
-    faiss.write_index(fi, str(tmp))
-    os.replace(tmp, index.path / FAISS_FILE)
     info = {"index_type": index_type, "chosen": chosen_by, "count": n, "recall_at_10": recall, "queries": len(qi),
             "nlist": nlist, "m": m, "ef_search": ef_search, "nprobe": getattr(fi, "nprobe", nprobe),
             "pq_bytes_per_vector": pq_bytes, "fingerprint": index.meta["fingerprint"]}
-    write_json(index.path / FAISS_META, info)
+    with locked(index.path, wait, "--index"):
+        if read_json(index.path / "index.json").get("count") != n:
+            raise ConvirtError(f"{index.path} changed while the FAISS index was built (an --append); build again")
+        atomic_write_bytes(index.path / FAISS_FILE, faiss.serialize_index(fi).tobytes())
+        write_json(index.path / FAISS_META, info)
     return info
 
 

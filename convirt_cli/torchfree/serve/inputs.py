@@ -46,7 +46,10 @@ def read_inputs(spec: str, kind: str | None = None, image_col: str = "image", te
     filters; only those named, so nothing else a table holds (a patient id) reaches the index."""
     if spec == "-":
         _no_columns(columns, "stdin's lines")
-        return _lines(stdin or sys.stdin, "stdin", kind, Path.cwd(), slices)
+        src = stdin or sys.stdin
+        if src is None:
+            raise ConvirtError("INPUT -: stdin is closed; pipe the inputs in or name a file")
+        return _lines(src, "stdin", kind, Path.cwd(), slices)
     path = Path(spec)
     if not path.exists():
         raise ConvirtError(f"{path}: no such file or folder")
