@@ -92,3 +92,38 @@ def dino_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("dino_run")
     return pretrain(PretrainConfig(data=EXAMPLES, objective="dino", out=tmp / "run", runs_dir=tmp / "runs",
                                    device="cpu", plot=False))
+
+
+@pytest.fixture(scope="session")
+def search_indexes(covid_csv, tiny_export, tmp_path_factory) -> dict[str, Path]:
+    """40 covid-cxr rows embedded by tiny_export twice: `images` (view and sex kept) and `reports` (their texts)."""
+    from typer.testing import CliRunner
+
+    from convirt_cli.cli.main import app
+
+    tmp = tmp_path_factory.mktemp("search_indexes")
+    table = table_with_absolute_paths(covid_csv, tmp / "t.csv", limit=40)
+    out = {"images": tmp / "images", "reports": tmp / "reports"}
+    for name, extra in (("images", []), ("reports", ["--kind", "text", "--text-col", "report"])):
+        r = CliRunner().invoke(app, ["embed", str(table), "--model", str(tiny_export), "--out", str(out[name]),
+                                     "--columns", "view,sex", "--runs-dir", str(tmp / "runs"), *extra])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def search_server(search_indexes, tiny_export, tmp_path_factory):
+    """`convirt serve images=... reports=...` on a free port of 127.0.0.1, uploads capped at 1 MiB; stopped with
+    SIGTERM at the end, which must exit 0. The images index is a copy: tests may append to it."""
+    import shutil
+
+    from serving import start
+
+    tmp = tmp_path_factory.mktemp("search_server")
+    images = tmp / "images"
+    shutil.copytree(search_indexes["images"], images)
+    served = start([f"images={images}", f"reports={search_indexes['reports']}", "--model", tiny_export,
+                    "--max-upload-mb", "1"], tmp / "serve.log")
+    served.images = images
+    yield served
+    assert served.stop() == 0, served.log_text()[-2000:]

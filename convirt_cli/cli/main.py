@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "export": ("export", "export", False),
     "embed": ("embed", "embed", True),
     "retrieve": ("retrieve", "retrieve", True),
+    "serve": ("serve", "serve", False),
     "index": ("index", "app", True),
     "evaluate": ("evaluate", "app", True),
     "classify": ("classify", "classify", True),

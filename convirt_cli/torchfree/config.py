@@ -347,6 +347,57 @@ class RetrieveConfig(ServeSettings):
     _where = field_validator("where", mode="before")(classmethod(lambda cls, v: check_where(v)))
 
 
+def check_origin(value: str) -> str:
+    """A --cors-origin: scheme://host[:port], as a browser sends it in Origin (no path, no wildcard)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query \
+            or "*" in value or "@" in parts.netloc:
+        raise ValueError(f"'{value}' is not an origin: give scheme://host[:port], e.g. https://ris.example.org")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class ServeConfig(Config):
+    """`convirt serve`: the search page and JSON API over indexes of one model, from its ONNX export."""
+
+    section: ClassVar[str] = "serve"
+
+    indexes: list[str] = []  # index folders, or NAME=DIR; none: <runs_dir>/latest-index
+    model: str | None = None  # ONNX export, or a run with one (default: the model the first index names)
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765  # 0: a free port (printed)
+    token: str | None = None  # bearer token, checked on every route but /api/health (CONVIRT_TOKEN keeps it off ps)
+    no_auth: bool = False  # serve a non-loopback address without a token (a warning says so)
+    cors_origin: list[str] = []  # pages of these origins may call the API from a browser
+    max_upload_mb: Annotated[float, Field(gt=0, le=1024)] = 20.0
+    drain_s: Annotated[float, Field(ge=0, le=3600)] = 30.0  # on SIGTERM / Ctrl-C: finish requests in flight this long
+    device: Device = "auto"
+    threads: Positive | None = None
+    log: bool = True  # one access-log line per request on stderr (never a query's text or a body)
+    runs_dir: Path = Path("runs")
+    _cors = field_validator("cors_origin", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        return [check_origin(o) for o in v]
+
+    @model_validator(mode="after")
+    def _safe(self) -> ServeConfig:
+        from convirt_cli.torchfree.serve.web.guard import is_loopback
+
+        if self.token is not None and len(self.token) < 16:
+            raise ValueError("--token is shorter than 16 characters: use a long random one, e.g. "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe())'`")
+        if self.token is not None and self.no_auth:
+            raise ValueError("--token and --no-auth contradict each other: give one")
+        if not is_loopback(self.host) and self.token is None and not self.no_auth:
+            raise ValueError(f"--host {self.host} is reachable from other machines: pass --token T (or set "
+                             "CONVIRT_TOKEN) so only holders of the token search, or --no-auth to serve anyone")
+        return self
+
+
 class IndexBuildConfig(Config):
     section: ClassVar[str] = "index"
 

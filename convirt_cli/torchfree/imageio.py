@@ -44,11 +44,22 @@ def load_gray(src: str | Path | bytes | np.ndarray, size: int, window: str = "au
 def gray_from_bytes(data: bytes, window: str = "auto", draft: int | None = None) -> np.ndarray:
     """A file's bytes -> uint8 [H, W], read as that file is: the format table tells it by content (a DICOM by its
     marker; anything else through Pillow: PNG, JPEG, 16-bit PNG/TIFF ...). The bytes pass through a temporary file,
-    deleted at once, because every reader takes a path."""
+    deleted at once, because every reader takes a path; a reader's message never names that file (a server would
+    hand it to its client)."""
     with tempfile.NamedTemporaryFile(prefix="convirt-upload-") as f:
         f.write(data)
         f.flush()
-        return read_gray(f.name, window, None, draft)
+        try:
+            return read_gray(f.name, window, None, draft)
+        except Exception as e:
+            if f.name not in str(e):
+                raise
+            message = str(e).replace(f"'{f.name}'", "the bytes").replace(f.name, "the bytes")
+            try:
+                renamed = type(e)(message)
+            except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+                renamed = ValueError(f"{type(e).__name__}: {message}")
+            raise renamed from None
 
 
 def gray_from_array(pixels: np.ndarray, window: str = "auto") -> Image.Image:

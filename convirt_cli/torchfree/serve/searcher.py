@@ -40,13 +40,16 @@ MASKS_KEPT = 64  # distinct `where` filters whose row masks an open index keeps
 class Query:
     """One query: exactly one of a text, an image (path, file bytes or pixels) or an item id (`like`).
     `slice`: which slice of a volume (NIfTI) `image` names (None: a 2-D image, or a volume's middle slice).
-    `name` says how results show an image given as bytes or pixels (an upload's file name)."""
+    `name` says how results show an image given as bytes or pixels (an upload's file name).
+    `like_index`: the open index that holds item `like` (None: the one searched); an item of an image index finds
+    the reports of a report index of the same model, and is left out of its hits only in its own index."""
 
     text: str | None = None
     image: ImageSource | None = None
     like: int | None = None
     slice: int | None = None
     name: str | None = None
+    like_index: str | None = None
 
     def check(self) -> None:
         given = [k for k in ("text", "image", "like") if getattr(self, k) is not None]
@@ -59,13 +62,15 @@ class Query:
             raise ConvirtError(f"item id {self.like!r}: ids are integers (items.jsonl's id)")
         if self.slice is not None and not isinstance(self.image, (str, Path)):
             raise ConvirtError("a slice belongs to an image file's path (a volume)")
+        if self.like_index is not None and self.like is None:
+            raise ConvirtError("like_index names the index of a `like` item: give the item id too")
 
     def shown(self) -> dict:
         """What results say the query was: {text}, {path} (absolute), {image: name} or {like: id}."""
         if self.text is not None:
             return {"text": self.text}
         if self.like is not None:
-            return {"like": self.like}
+            return {"like": self.like} | ({} if self.like_index is None else {"like_index": self.like_index})
         if isinstance(self.image, (str, Path)):
             return {"path": str(Path(self.image).resolve())} | ({} if self.slice is None else {"slice": self.slice})
         if self.name:
@@ -187,6 +192,16 @@ class Searcher:
     def index(self, name: str | None = None) -> Index:
         return self._entry(name).index
 
+    def columns(self, name: str | None = None, values: int = 0) -> dict[str, list[str] | None]:
+        """The metadata columns the index's items hold (`embed --columns`), what a `where` filter may name -> each
+        one's distinct values (lower-cased, as filters compare them) when it has at most `values` of them, else
+        None."""
+        out: dict[str, list[str] | None] = {}
+        for col, column in self._entry(name).columns().items():
+            distinct = np.unique(column.astype(str)) if values else ()
+            out[col] = [str(v) for v in distinct] if 0 < len(distinct) <= values else None
+        return out
+
     def _check_model(self, index: Index) -> None:
         enc = self.encoder
         if enc.fingerprint != index.meta["fingerprint"]:
@@ -211,7 +226,7 @@ class Searcher:
         return self._vectors(list(queries), self.index(index))[0]
 
     def _vectors(self, queries: list[Query], idx: Index) -> tuple[np.ndarray, list[int]]:
-        """([Q, d], the row of each `like` query's own item, else -1)."""
+        """([Q, d], the row in `idx` of each `like` query's own item, else -1)."""
         out = np.zeros((len(queries), int(idx.meta["dim"])), np.float32)
         own = [-1] * len(queries)
         texts = [i for i, q in enumerate(queries) if q.text is not None]
@@ -230,8 +245,11 @@ class Searcher:
             out[images] = emb
         for i, q in enumerate(queries):
             if q.like is not None:
-                own[i] = self._row(idx, q.like)
-                out[i] = idx.embeddings[own[i]]
+                other = None if q.like_index is None else self.index(q.like_index)
+                src = idx if other is None or other.path == idx.path else other  # this call's snapshot if the same
+                row = self._row(src, q.like)
+                out[i] = src.embeddings[row]
+                own[i] = row if src is idx else -1
         return out, own
 
     def search(self, queries: Query | Sequence[Query], k: int = 10, offset: int = 0, where: Sequence[str] = (),

@@ -1,0 +1,1 @@
+"""convirt serve: the HTTP layer over the Searcher (routes, guard, auth, media, page, server)."""
