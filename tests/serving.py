@@ -33,13 +33,15 @@ class Served:
         return self.proc.wait(timeout=timeout)
 
 
-def start(args: list, log: Path, env: dict | None = None, timeout: float = 120) -> Served:
-    """`convirt serve ARGS --port 0`, once it prints its address."""
+def start(args: list, log: Path, env: dict | None = None, timeout: float = 120, python=None) -> Served:
+    """`convirt serve ARGS --port 0`, once it prints its address. `python(argv)`: the interpreter's arguments that
+    run `convirt argv` some other way (default: `-m convirt_cli argv`)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONVIRT_")}, "PYTHONPATH": str(ROOT),
            **(env or {})}
     out = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "convirt_cli", "serve", *map(str, args), "--port", "0"],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    argv = ["serve", *map(str, args), "--port", "0"]
+    cmd = [sys.executable, *(python(argv) if python else ["-m", "convirt_cli", *argv])]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(r"API at http://[^\s]+:(\d+)/", log.read_text(errors="replace"))

@@ -168,6 +168,38 @@ def test_serving_commands_run_with_torch_unimportable(tiny_export, labelled, tmp
     assert p.returncode == 0 and "searched 4" in p.stdout, p.stdout + p.stderr
 
 
+def test_serve_runs_with_torch_unimportable(search_indexes, tiny_export, tmp_path):
+    """`convirt serve` of an image and a report index answers health, a text search, an image upload and a
+    thumbnail, and stops on SIGTERM with 0, in an interpreter where torch (and pydicom) cannot be imported."""
+    import signal
+
+    from serving import call, start
+
+    def blocked(argv: list[str]) -> list[str]:
+        return ["-c", BLOCKER.format(heavy={*HEAVY, "pydicom", "pylibjpeg"}, args=argv)]
+
+    served = start([f"images={search_indexes['images']}", f"reports={search_indexes['reports']}", "--model",
+                    tiny_export], tmp_path / "log", python=blocked)
+    try:
+        assert call(served.port, "GET", "/api/health").json()["status"] == "ok"
+        assert len(call(served.port, "GET", "/api/search?q=opacity&k=3&index=reports").json()["hits"]) == 3
+        path = call(served.port, "GET", "/api/search?q=opacity&k=1").json()["hits"][0]["thumbnail"]
+        assert call(served.port, "GET", path).status == 200
+        image = open_first_image(search_indexes["images"])
+        hits = call(served.port, "POST", "/api/search?k=1", image, {"Content-Type": "image/png"}).json()["hits"]
+        assert hits[0]["score"] > 0.999
+    finally:
+        code = served.stop(signal.SIGTERM)
+    log = served.log_text()
+    assert code == 0 and "blocked in this test" not in log and "Traceback" not in log, log
+
+
+def open_first_image(index: Path) -> bytes:
+    from convirt_cli.torchfree.serve.index import open_index
+
+    return Path(open_index(index).items[0]["path"]).read_bytes()
+
+
 def test_retrieve_says_which_backend_and_warns_on_torch_fallback(tiny_run, tiny_export, labelled, tmp_path):
     """The index names the run; its RUN/onnx is missing, so retrieve falls back to torch and says why."""
     import shutil
