@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import signal
 import socket
 import struct
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -378,39 +380,60 @@ def test_cors_only_for_the_origin_named(guarded):
     assert other.status == 403 and "access-control-allow-origin" not in other.headers
 
 
-def test_an_appended_index_is_seen_without_restart(port, search_server, tiny_export, tmp_path):
-    """`embed --append` into a served index while clients search it: no request fails, the next sees the new
-    items (here the first image again, now its own nearest neighbour)."""
-    before = {ix["name"]: ix["count"] for ix in get(port, "/api/indexes")["indexes"]}["images"]
-    first = get(port, "/api/items/0")
+@contextmanager
+def hammered(port: int, paths: tuple[str, ...], clients: int = 2):
+    """Clients calling `paths` in a loop while the body runs; yields the list of calls that did not answer 200."""
     failures, stop = [], threading.Event()
 
     def hammer():
         while not stop.is_set():
-            for path in ("/api/search?like=0&k=3", "/api/search?q=effusion&k=3", "/api/items/1/thumbnail"):
+            for path in paths:
                 r = call(port, "GET", path)
                 if r.status != 200:
                     failures.append((path, r.status, r.body[:200]))
 
-    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    threads = [threading.Thread(target=hammer) for _ in range(clients)]
     for t in threads:
         t.start()
     try:
-        from convirt_cli.torchfree.serve.index import open_index
-
-        lines = tmp_path / "more.txt"
-        lines.write_text(open_index(search_server.images).items[0]["path"] + "\n")
-        r = CliRunner().invoke(app, ["embed", str(lines), "--model", str(tiny_export), "--out",
-                                     str(search_server.images), "--append", "--runs-dir", str(tmp_path / "runs")])
-        assert r.exit_code == 0, r.output
+        yield failures
         time.sleep(0.3)
     finally:
         stop.set()
         for t in threads:
             t.join()
-    assert not failures, failures[:3]
+
+
+def test_an_index_changed_on_disk_is_seen_without_restart(port, search_server, search_indexes, tiny_export,
+                                                          tmp_path):
+    """`embed --append` into a served index while clients search it: no request fails, the next sees the new
+    items (here the first image again, now its own nearest neighbour). Then a new index swapped in whole (as
+    `embed --out` writes one) while clients fetch items: none fails, and an item route alone (no search first)
+    already sees the new index."""
+    from convirt_cli.torchfree.files import staged_dir
+    from convirt_cli.torchfree.serve.index import open_index
+
+    before = {ix["name"]: ix["count"] for ix in get(port, "/api/indexes")["indexes"]}["images"]
+    first = get(port, "/api/items/0")
+    lines = tmp_path / "more.txt"
+    lines.write_text(open_index(search_server.images).items[0]["path"] + "\n")
+    with hammered(port, ("/api/search?like=0&k=3", "/api/search?q=effusion&k=3", "/api/items/1/thumbnail")) as bad:
+        r = CliRunner().invoke(app, ["embed", str(lines), "--model", str(tiny_export), "--out",
+                                     str(search_server.images), "--append", "--runs-dir", str(tmp_path / "runs")])
+        assert r.exit_code == 0, r.output
+    assert not bad, bad[:3]
     after = get(port, "/api/indexes")["indexes"][0]
     assert after["count"] == before + 1
     nearest = get(port, "/api/search?like=0&k=1")["hits"][0]
-    assert nearest["id"] >= 40 and nearest["score"] == pytest.approx(1, abs=1e-5)
+    assert nearest["id"] == before and nearest["score"] == pytest.approx(1, abs=1e-5)
     assert get(port, f"/api/items/{nearest['id']}")["columns"] == {} and first["id"] == 0
+
+    # the original index swapped back in
+    with hammered(port, ("/api/items/1", "/api/items/2/thumbnail")) as bad, staged_dir(search_server.images) as tmp:
+        for f in search_indexes["images"].iterdir():
+            shutil.copy2(f, tmp / f.name)
+    assert not bad, bad[:3]
+    gone = call(port, "GET", f"/api/items/{before}")
+    assert gone.status == 404 and gone.json()["error"] == f"index 'images' has no item {before}"
+    assert get(port, "/api/indexes")["indexes"][0]["count"] == before
+    assert get(port, "/api/search?like=0&k=1")["hits"][0]["id"] != before

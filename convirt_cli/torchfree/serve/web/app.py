@@ -96,7 +96,10 @@ class Service:
             raise BadRequest(f"no index named {index[:60]!r} (open: {', '.join(self.searcher.names)})", status=404)
         return index
 
-    def item(self, item_id: int, index: str | None) -> tuple[str, dict]:
+    def item(self, item_id: int, index: str | None, refresh: bool = False) -> tuple[str, dict]:
+        """Item `item_id` of an index; with `refresh`, of the index as it is on disk now (a route's own lookup)."""
+        if refresh:
+            self.refresh()
         name = self.name(index)
         try:
             return name, self.searcher.item(item_id, name)
@@ -120,6 +123,7 @@ class Service:
         return out
 
     def indexes(self) -> list[dict]:
+        self.refresh()
         s = self.searcher
         return [{"name": n, "kind": s.index(n).meta["kind"], "count": s.index(n).count, "columns": s.columns(n, values=FILTER_VALUES),
                  "model": model_name(s.index(n).meta.get("model", "")), "fingerprint": s.index(n).meta["fingerprint"],
@@ -176,13 +180,18 @@ def build_app(service: Service) -> Starlette:
             return JSONResponse(await run_in_threadpool(service.search, p, data))
         return JSONResponse(await run_in_threadpool(service.search, search_params(_pairs(request))))
 
+    async def lookup(request: Request) -> tuple[str, dict]:
+        """The item a route names, in the threadpool: reopening a changed index must not stall the event loop."""
+        return await run_in_threadpool(service.item, request.path_params["item_id"], index_param(_pairs(request)),
+                                       True)
+
     async def item(request: Request) -> Response:
-        name, it = service.item(request.path_params["item_id"], index_param(_pairs(request)))
+        name, it = await lookup(request)
         return JSONResponse(service.item_json(name, it))
 
     async def media(request: Request) -> Response:
         kind = request.url.path.rsplit("/", 1)[1]
-        name, it = service.item(request.path_params["item_id"], index_param(_pairs(request)))
+        name, it = await lookup(request)
         if "path" not in it:
             raise BadRequest(f"item {it['id']} of index '{name}' is a text: it has no image", status=404)
         try:
