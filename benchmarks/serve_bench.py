@@ -169,11 +169,11 @@ def main() -> None:
     p.add_argument("--preset", default="convirt-resnet18-minilm")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--seconds", type=float, default=15, help="time cap of each phase (the soak: 4x)")
-    p.add_argument("--rounds", type=int, default=200, help="in-process queries of each kind")
+    p.add_argument("--rounds", type=int, default=100, help="in-process queries of each kind")
     a = p.parse_args()
     from retrieve_bench import exported, synthetic_index  # benchmarks/ is sys.path[0] when run as a script
 
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         export, man = exported(a.preset, tmp)
@@ -187,6 +187,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "serve_bench", "preset": a.preset, "items": a.items, "dim": man["dim"],
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, {cpu}", "date": time.strftime("%Y-%m-%d"),
+        "load_avg_1min_start_end": [round(load, 1), round(os.getloadavg()[0], 1)],
         "in_process": local, "served": served,
         "goals": {"text_p50_1_client_over_in_process": round(served["text_1"]["p50_ms"] / local["text"]["p50_ms"], 2),
                   "errors": errors,

@@ -13,11 +13,14 @@ Every failure is JSON `{"error": one line, "status": code}`: 400 a bad parameter
 index or item, 405 a wrong method, 413 a body over the cap, 415 not an image. A bug is a 500 with the same shape
 and no traceback (the log says which route failed). Nothing leaves but ids, scores, the columns `embed
 --columns` stored and report texts: no path, source or file name, of an item or an upload. The Searcher work runs
-in the thread pool, so the event loop keeps accepting while the model and the scan run.
+in the thread pool, so the event loop keeps accepting while the model and the scan run; one search at a time (the
+model and the scan each use every core already: concurrent ones only fought over the cores, and 32 clients got a
+third of one client's queries/s in benchmarks/serve_bench.py). The others wait their turn without holding a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +164,11 @@ def _pairs(request: Request) -> list[tuple[str, str]]:
 
 def build_app(service: Service) -> Starlette:
     """The Starlette app (guard.Guard wraps it: hosts, origins, token, body cap, headers, log)."""
+    turn = asyncio.Semaphore(1)  # one search at a time (the module's docstring says why)
+
+    async def searched(p: SearchParams, image: bytes | None = None) -> Response:
+        async with turn:
+            return JSONResponse(await run_in_threadpool(service.search, p, image))
 
     async def page(request: Request) -> Response:
         return page_response()
@@ -176,9 +184,8 @@ def build_app(service: Service) -> Starlette:
     async def search(request: Request) -> Response:
         if request.method == "POST":
             data, fields = await read_upload(request)
-            p = search_params(_pairs(request) + fields, image=True)
-            return JSONResponse(await run_in_threadpool(service.search, p, data))
-        return JSONResponse(await run_in_threadpool(service.search, search_params(_pairs(request))))
+            return await searched(search_params(_pairs(request) + fields, image=True), data)
+        return await searched(search_params(_pairs(request)))
 
     async def lookup(request: Request) -> tuple[str, dict]:
         """The item a route names, in the threadpool: reopening a changed index must not stall the event loop."""
