@@ -28,7 +28,7 @@ class TorchEncoder:
 
     backend = "torch"
 
-    def __init__(self, run, device: str = "auto", threads: int | None = None):
+    def __init__(self, run, device: str = "auto", threads: int | None = None, workers: int | None = None):
         from pathlib import Path
 
         from convirt_cli.torch.export import preprocess_spec
@@ -37,7 +37,7 @@ class TorchEncoder:
 
         if threads:
             torch.set_num_threads(threads)
-        self.path = Path(run)
+        self.path, self.workers = Path(run), workers
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         self.device_used = self.device.type
@@ -54,7 +54,7 @@ class TorchEncoder:
     def encode_images(self, paths, batch_size: int = 64, on_progress=None):
         from convirt_cli.torchfree.serve.encoder import encode_images
 
-        return encode_images(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+        return encode_images(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress, self.workers)
 
     def encode_texts(self, texts, batch_size: int = 128, on_progress=None) -> np.ndarray:
         from convirt_cli.torchfree.serve.encoder import encode_text_batches

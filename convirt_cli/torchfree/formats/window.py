@@ -111,13 +111,19 @@ def stored_to_uint8(stored: np.ndarray, spec: str, file_window: tuple[float, flo
     """The same result as to_uint8(stored * slope + intercept, ...), through a lookup table over the stored
     integer levels: one indexing pass instead of several float passes over a 2048 x 2048 image."""
     lo, hi = int(stored.min()), int(stored.max())
-    if lo == hi and not (parse_window(spec)[0] == "fixed" or (spec.strip() == "auto" and (file_window or eight_bit))):
+    kind = parse_window(spec)[0]
+    if lo == hi and not (kind == "fixed" or (kind == "auto" and (file_window or eight_bit))):
         raise FlatImage(f"flat image (every pixel {lo * slope + intercept:g}): nothing to window")
     levels = np.arange(lo, hi + 1, dtype=np.float64) * slope + intercept
-    sample = _sample(stored).astype(np.float64) * slope + intercept
+    # only percentiles look at the pixels themselves (the levels say nothing of how often each occurs)
+    percentiles = kind == "percentile" or (kind == "auto" and file_window is None and not eight_bit)
+    sample = _sample(stored).astype(np.float64) * slope + intercept if percentiles else None
     lut = to_uint8(levels, spec, file_window, eight_bit, invert, sample=sample)
-    index = stored.astype(np.int32) - lo if stored.dtype.kind == "i" or lo else stored
-    return lut[index]
+    if stored.dtype.kind == "i":
+        index = stored.astype(np.int32) - lo
+    else:  # unsigned: stored - lo >= 0 in its own type
+        index = stored - stored.dtype.type(lo) if lo else stored
+    return np.take(lut, index)  # twice as fast as lut[index] on a 256 x 256 image
 
 
 def lut_friendly(stored: np.ndarray) -> bool:

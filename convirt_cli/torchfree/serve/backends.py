@@ -48,12 +48,13 @@ def resolve_model(spec: str | Path | None, runs_dir: Path = Path("runs")) -> Mod
 
 
 def open_encoder(spec: str | Path | None, backend: str = "auto", device: str = "auto", runs_dir: Path = Path("runs"),
-                 threads: int | None = None, note: Callable[[str], None] | None = None, bulk: bool = True):
+                 threads: int | None = None, note: Callable[[str], None] | None = None, bulk: bool = True,
+                 workers: int | None = None):
     """An encoder with .encode_images(paths) / .encode_texts(texts), .fingerprint, .dim, .backend, .path.
 
-    bulk=False: a few inputs (retrieve's queries), so start fast rather than run big batches fast. `note` hears,
-    in one line each, a fall-back to torch and why, and what a user should know about the run
-    (interrupted, or did not learn)."""
+    bulk=False: a few inputs (retrieve's queries), so start fast rather than run big batches fast. workers: image
+    decoding workers (None: one per core). `note` hears, in one line each, a fall-back to torch and why, and what a
+    user should know about the run (interrupted, or did not learn)."""
     say = note or (lambda line: None)
     ref = resolve_model(spec, runs_dir)
     if backend not in ("auto", "onnx", "torch"):
@@ -61,7 +62,7 @@ def open_encoder(spec: str | Path | None, backend: str = "auto", device: str = "
     if backend == "onnx" or (backend == "auto" and ref.export is not None):
         if ref.export is None:
             raise ConvirtError(f"{ref.why_no_export}; or use --backend torch")
-        enc = OnnxEncoder(ref.export, device=device, threads=threads, bulk=bulk)
+        enc = OnnxEncoder(ref.export, device=device, threads=threads, bulk=bulk, workers=workers)
         for line in enc.manifest.get("warnings", []):
             say(f"warning: {line}")
         return enc
@@ -73,4 +74,4 @@ def open_encoder(spec: str | Path | None, backend: str = "auto", device: str = "
         say(f"warning: {line}")
     from convirt_cli.torch.encode import TorchEncoder
 
-    return TorchEncoder(ref.run, device=device, threads=threads)
+    return TorchEncoder(ref.run, device=device, threads=threads, workers=workers)

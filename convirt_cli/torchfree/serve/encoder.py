@@ -18,10 +18,8 @@ from convirt_cli.torchfree.files import read_json
 from convirt_cli.torchfree.progress import Advance
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor
-
     from convirt_cli.torchfree.imageio import ImageSource
-# Image decoding (Pillow, a thread pool) is imported where images are met: a text query does not pay for it.
+# Image decoding (Pillow, the decode workers) is imported where images are met: a text query does not pay for it.
 
 EXPORT_FILES = ("image.onnx", "preprocess.json", "manifest.json")
 TEXT_FILES = ("text.onnx", "tokenizer.json")
@@ -31,52 +29,23 @@ def is_export_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").is_file() and (Path(path) / "image.onnx").is_file()
 
 
-def load_gray_batch(sources: Sequence[ImageSource], size: int, pool: Executor | None = None, window: str = "auto"):
-    """Images (paths, (path, slice) of a volume, file bytes or pixels) -> model-size grey pixels: (uint8
-    [n_ok, S, S], indices that decoded, [(index, reason)] that did not)."""
-    from convirt_cli.torchfree.imageio import load_gray
-
-    def one(p):
-        path, k = p if isinstance(p, tuple) else (p, None)
-        try:
-            return load_gray(path, size, window, k), None
-        except Exception as e:  # noqa: BLE001 - any decode failure is a skip, named in the summary
-            return None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
-
-    results = list(pool.map(one, sources)) if pool else [one(p) for p in sources]
-    ok = [i for i, (a, _) in enumerate(results) if a is not None]
-    bad = [(i, r) for i, (a, r) in enumerate(results) if a is None]
-    arr = np.stack([results[i][0] for i in ok]) if ok else np.zeros((0, size, size), np.uint8)
-    return arr, ok, bad
-
-
 def encode_images(paths: Sequence[ImageSource], pre: dict, run: Callable[[np.ndarray], np.ndarray], dim: int,
-                  batch_size: int = 64, on_progress: Advance | None = None):
-    """Images (as load_gray_batch takes them) -> ([n_ok, d] float32 L2-normalised, ok indices into `paths`,
-    [(index, reason)] skipped)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from convirt_cli.torchfree.imageio import normalize_array
+                  batch_size: int = 64, on_progress: Advance | None = None, workers: int | None = None):
+    """Images (paths, (path, slice) of a volume, file bytes or pixels) -> ([n_ok, d] float32 L2-normalised, ok
+    indices into `paths`, [(index, reason)] skipped). `workers` decode (serve/decode.py; None: one per core) while
+    `run` has the model."""
+    from convirt_cli.torchfree.processes import cpu_workers
+    from convirt_cli.torchfree.serve.decode import PixelBatches
 
     out, ok, bad = [], [], []
-    window = pre.get("window", "auto")
-    starts = list(range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(max_workers=4) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-        # the next batch decodes (PIL and numpy release the GIL) while this one runs through the model
-        pending = ahead.submit(load_gray_batch, paths[0:batch_size], pre["image_size"], pool, window) if starts else None
-        for n, start in enumerate(starts):
-            chunk = paths[start:start + batch_size]
-            gray, good, skipped = pending.result()
-            if n + 1 < len(starts):
-                nxt = starts[n + 1]
-                pending = ahead.submit(load_gray_batch, paths[nxt:nxt + batch_size], pre["image_size"], pool, window)
+    with PixelBatches(paths, pre, batch_size, workers or cpu_workers()) as batches:
+        for start, x, good, skipped in batches:
             if len(good):
-                x = normalize_array(gray, pre["mean"], pre["std"], pre["channels"])
                 out.append(np.asarray(run(x), dtype=np.float32))
             ok += [start + i for i in good]
             bad += [(start + i, r) for i, r in skipped]
             if on_progress:
-                on_progress(len(chunk))
+                on_progress(len(good) + len(skipped))
     return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), ok, bad
 
 
@@ -121,11 +90,13 @@ class OnnxEncoder:
     query never pays for loading the image tower).
 
     `bulk=False` (a few queries) builds sessions for a fast start (providers.session): a handful of queries do
-    not need pre-packed weights or spinning worker threads."""
+    not need pre-packed weights or spinning worker threads. `workers`: image decoding workers (None: one per
+    core; serve/decode.py)."""
 
     backend = "onnx"
 
-    def __init__(self, export_dir: Path, device: str = "auto", threads: int | None = None, bulk: bool = True):
+    def __init__(self, export_dir: Path, device: str = "auto", threads: int | None = None, bulk: bool = True,
+                 workers: int | None = None):
         export_dir = Path(export_dir)
         missing = [f for f in EXPORT_FILES if not (export_dir / f).is_file()]
         if missing:
@@ -141,7 +112,7 @@ class OnnxEncoder:
         self.pre = read_json(export_dir / "preprocess.json")
         self.fingerprint: str = self.manifest["fingerprint"]
         self.dim: int = int(self.manifest["dim"])
-        self.device, self.threads, self.bulk = device, threads, bulk
+        self.device, self.threads, self.bulk, self.workers = device, threads, bulk, workers
         self._sessions: dict = {}
         self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()  # sessions and the tokenizer are made once, by one thread (run() is thread-safe)
@@ -177,7 +148,7 @@ class OnnxEncoder:
         return self._tokenizer(texts)
 
     def encode_images(self, paths: Sequence[ImageSource], batch_size: int = 64, on_progress: Advance | None = None):
-        return encode_images(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress)
+        return encode_images(paths, self.pre, self.image_forward, self.dim, batch_size, on_progress, self.workers)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128, on_progress: Advance | None = None,
                      by_length: bool = True) -> np.ndarray:
