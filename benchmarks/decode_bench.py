@@ -184,7 +184,7 @@ def embed(files: list[Path], n: int, rounds: int, cores: int, tmp: Path) -> dict
         for r in range(rounds):
             stamps: list[float] = []
             embed_items(enc, "image", items, tmp / f"index{r}", batch_size=BATCH,
-                        on_progress=lambda k: stamps.append(time.perf_counter()))
+                        on_progress=lambda k, s=stamps: s.append(time.perf_counter()))
             rates["embed"].append((n - BATCH) / (stamps[-1] - stamps[0]))
             rates["bare"].append(bare_rate(p, [Path(q) for q in listed], size, cores))
             t = time.perf_counter()

@@ -113,6 +113,7 @@ RETRIEVE: dict[str, Field] = {
     "device": Field(("--device",), "value", _choice("auto", "cpu", "cuda"), "auto"),
     "batch_size": Field((), "value", _positive, 64),
     "threads": Field(("--threads",), "value", _positive, None),
+    "workers": Field(("--workers",), "value", _positive, None),
     "runs_dir": Field(("--runs-dir",), "value", _path, Path("runs")),
 }
 

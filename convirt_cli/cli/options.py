@@ -41,6 +41,7 @@ RunsDir = Annotated[Path | None, typer.Option(help="Where runs live (default run
 ServeModel = Annotated[str | None, typer.Option("--model", "-m", help="Run directory or ONNX export folder (default: the latest run).")]
 Backend = Annotated[str | None, typer.Option(help="auto (ONNX when an export matches, else torch) | onnx | torch")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads for onnxruntime / torch (default: all cores).")]
+Workers = Annotated[int | None, typer.Option(help="Image decoding workers, processes for many images (default: one per core).")]
 IndexDir = Annotated[Path | None, typer.Option("--index", help="Index folder (default: the last one embedded, see <runs-dir>/latest-index).")]
 LabelCol = Annotated[str | None, typer.Option(help="Column holding the class label.")]
 IgnoreLabel = Annotated[list[str] | None, typer.Option(help="Label value to leave out (repeatable; default: empty).")]

@@ -87,7 +87,7 @@ def run(cfg: Any) -> None:
 
         check_file(cfg.out, inputs=inputs)
     searcher = Searcher(index_dir, cfg.model, backend=cfg.backend, device=cfg.device, runs_dir=cfg.runs_dir,
-                        threads=cfg.threads, bulk=len(queries) > 256, note=note)
+                        threads=cfg.threads, workers=cfg.workers, bulk=len(queries) > 256, note=note)
     results = searcher.search(queries, k=cfg.k, offset=cfg.offset, where=cfg.where, exact=cfg.exact)
     idx, enc = searcher.index(), searcher.encoder
     note(f"{len(queries)} queries x {idx.count} items ({idx.path}) with {enc.backend} on {enc.device_used}"

@@ -297,6 +297,7 @@ class ServeSettings(Config):
     device: Device = "auto"
     batch_size: Positive = 64
     threads: Positive | None = None  # onnxruntime / torch intra-op threads (None: all cores)
+    workers: Positive | None = None  # image decoding workers (None: one per core; serve/decode.py)
     runs_dir: Path = Path("runs")
 
 

@@ -36,6 +36,7 @@ def classify(
     device: o.Device = None,
     batch_size: o.BatchSize = None,
     threads: o.Threads = None,
+    workers: o.Workers = None,
     format: o.ReportFormat = None,
     out: o.ReportOut = None,
     runs_dir: o.RunsDir = None,
@@ -46,7 +47,7 @@ def classify(
 
     _run(resolve(ClassifyConfig, data=data, label_col=label_col, template=template, prompts=prompts,
                  ignore_label=ignore_label, where=where, join=join, image_col=image_col, model=model, backend=backend,
-                 device=device, batch_size=batch_size, threads=threads, format=format, out=out, runs_dir=runs_dir))
+                 device=device, batch_size=batch_size, threads=threads, workers=workers, format=format, out=out, runs_dir=runs_dir))
 
 
 def _run(cfg) -> None:
@@ -61,7 +62,8 @@ def _run(cfg) -> None:
                                      join=cfg.join, progress=progress_bar, note=note)
     given = load_prompts(cfg.prompts)
     prompt_map = given or {c: [cfg.template.replace("{label}", c)] for c in sorted(set(labels))}
-    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
+    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note,
+                           workers=cfg.workers)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:
         report = run_classify(encoder, paths, labels, prompt_map, cfg.batch_size, advance)
     report |= {"model": str(encoder.path), "fingerprint": encoder.fingerprint, "data": str(cfg.data),

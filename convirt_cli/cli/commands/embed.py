@@ -40,6 +40,7 @@ def embed(
     batch_size: o.BatchSize = None,
     device: o.Device = None,
     threads: o.Threads = None,
+    workers: o.Workers = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Embed images or texts into an index (embeddings.npy + items.jsonl + index.json) for `convirt retrieve`."""
@@ -48,8 +49,9 @@ def embed(
 
     parts, part = _parts_flags(parts, part, num_shards, shard_index)
     cfg = resolve(EmbedConfig, input=input, out=out, model=model, backend=backend, kind=kind, append=append,
-                  wait=wait, columns=columns, parts=parts, part=part, image_col=image_col, text_col=text_col, slices=slices,
-                  batch_size=batch_size, device=device, threads=threads, runs_dir=runs_dir)
+                  wait=wait, columns=columns, parts=parts, part=part, image_col=image_col, text_col=text_col,
+                  slices=slices, batch_size=batch_size, device=device, threads=threads, workers=workers,
+                  runs_dir=runs_dir)
     _run(cfg)
 
 
@@ -67,7 +69,8 @@ def _run(cfg) -> None:
     check_folder(cfg.out, "index", inputs=[cfg.input])  # before any work: a refused --out is said at once
     kind_, items = read_inputs(cfg.input, cfg.kind, cfg.image_col, cfg.text_col, slices=cfg.slices,
                                columns=cfg.columns)
-    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
+    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note,
+                           workers=cfg.workers)
     lo, hi = part_bounds(len(items), cfg.parts, cfg.part)
     title = f"embed {kind_}s ({encoder.backend})" + (f", part {cfg.part} of {cfg.parts}" if cfg.parts > 1 else "")
     with progress_bar(title, hi - lo, kind_ + "s") as advance:

@@ -46,6 +46,7 @@ def retrieval(
     device: o.Device = None,
     batch_size: o.BatchSize = None,
     threads: o.Threads = None,
+    workers: o.Workers = None,
     format: o.ReportFormat = None,
     out: o.ReportOut = None,
     seed: o.Seed = None,
@@ -58,7 +59,7 @@ def retrieval(
     _run(resolve(EvaluateRetrievalConfig, data=data, label_col=label_col, text_col=text_col, prompts=prompts,
                  queries_per_class=queries_per_class, k=k, ignore_label=ignore_label, where=where, join=join,
                  image_col=image_col, model=model, backend=backend, device=device, batch_size=batch_size,
-                 threads=threads, format=format, out=out, seed=seed, runs_dir=runs_dir))
+                 threads=threads, workers=workers, format=format, out=out, seed=seed, runs_dir=runs_dir))
 
 
 def _run(cfg) -> None:
@@ -71,7 +72,8 @@ def _run(cfg) -> None:
     check_report_out(cfg)
     paths, labels, texts = load_labelled(cfg.data, cfg.image_col, cfg.label_col, cfg.ignore_label, cfg.text_col,
                                          cfg.where, cfg.join, progress=progress_bar, note=note)
-    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
+    encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note,
+                           workers=cfg.workers)
     with progress_bar(f"encode ({encoder.backend})", len(paths), "images") as advance:
         report = evaluate_retrieval(encoder, paths, labels, texts, load_prompts(cfg.prompts), cfg.queries_per_class,
                                     cfg.k, cfg.seed, cfg.batch_size, advance)

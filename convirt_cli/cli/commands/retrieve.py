@@ -32,6 +32,7 @@ def retrieve(
     backend: o.Backend = None,
     device: o.Device = None,
     threads: o.Threads = None,
+    workers: o.Workers = None,
     runs_dir: o.RunsDir = None,
 ) -> None:
     """Find the k most similar items (text->image, image->image, item->items ...) for one or many queries at once."""
@@ -41,4 +42,4 @@ def retrieve(
 
     run(resolve(RetrieveConfig, query=query, image=image, like=like, queries=queries, index=index, k=k, offset=offset,
                 where=where, format=format, out=out, null=null, exact=exact, slices=slices, model=model, backend=backend,
-                device=device, threads=threads, runs_dir=runs_dir))
+                device=device, threads=threads, workers=workers, runs_dir=runs_dir))

@@ -162,7 +162,8 @@ class Searcher:
 
     def __init__(self, indexes: str | Path | Mapping[str, str | Path], model: str | Path | None = None, *,
                  backend: str = "auto", device: str = "auto", runs_dir: Path = Path("runs"),
-                 threads: int | None = None, bulk: bool = False, note: Callable[[str], None] | None = None):
+                 threads: int | None = None, workers: int | None = None, bulk: bool = False,
+                 note: Callable[[str], None] | None = None):
         from convirt_cli.torchfree.serve.backends import open_encoder
 
         paths = {Path(indexes).name: Path(indexes)} if isinstance(indexes, (str, Path)) else \
@@ -173,7 +174,7 @@ class Searcher:
         self._open = {name: OpenIndex(p) for name, p in paths.items()}
         first = self.index()
         self.encoder = open_encoder(model or first.meta.get("model"), backend, device, runs_dir, threads,
-                                    note=note, bulk=bulk)
+                                    note=note, bulk=bulk, workers=workers)
         for entry in self._open.values():
             self._check_model(entry.index)
 
