@@ -27,7 +27,7 @@ Epochs = Annotated[int | None, typer.Option(help="Passes over the training data.
 BatchSize = Annotated[int | None, typer.Option(help="Pairs per step (per process under torchrun).")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate (AdamW; default: the preset's).")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (data order, augmentation, init).")]
-NumWorkers = Annotated[int | None, typer.Option(help="DataLoader worker processes.")]
+NumWorkers = Annotated[int | None, typer.Option(help="DataLoader worker processes (default: on a GPU, one per core up to 8, one core left to the loop; on CPU none).")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
 ImageSize = Annotated[int | None, typer.Option(help="Square input size in pixels (default: the preset's).")]
 Window = Annotated[str | None, typer.Option(

@@ -104,7 +104,7 @@ class DataSettings(Config):
     strict: bool = False
     where: list[str] = []  # COL=V1,V2: keep rows whose COL is one of the values (frontal views: view=PA,AP)
     join: list[Path] = []  # tables joined to the rows on their shared columns (MIMIC-CXR's per-study labels)
-    num_workers: NonNegative = 0
+    num_workers: NonNegative | None = None  # DataLoader workers; None: sized to the machine (train/data.py)
     device: Device = "auto"
     seed: NonNegative = 0
     runs_dir: Path = Path("runs")

@@ -77,8 +77,9 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable per-image Gaussian blur of x [B, 1, H, W] with sigma [B] (reflect padding)."""
     b, c, hgt, wid = x.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
-    k = gaussian_kernels(sigma.cpu(), radius).to(x)
+    sigma = sigma.cpu()  # drawn on the host (a CPU generator): reading it never waits for the device
+    radius = max(1, math.ceil(3 * float(sigma.numpy().max())))
+    k = gaussian_kernels(sigma, radius).to(x)
     y = F.pad(x.reshape(1, b * c, hgt, wid), (radius, radius, radius, radius), mode="reflect")
     kc = k.repeat_interleave(c, 0)
     y = F.conv2d(y, kc[:, None, :, None], groups=b * c)
@@ -115,7 +116,7 @@ def augment(images: torch.Tensor, g: torch.Generator, p: AugmentParams = Augment
     sigma = _uniform(n, *p.blur_sigma, g) * (size / p.blur_ref_size)
     if (blurred := _chance(n, p.blur_p, g)) is not None:
         sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
-    x = blur(x, sigma.clamp_min(1e-3)) if bool((sigma > 0).any()) else x
+    x = blur(x, sigma.clamp_min(1e-3)) if (sigma.numpy() > 0).any() else x  # sigma is on the host
     if p.solarize_p > 0:  # grey-level solarisation: invert the bright half
         sol = (torch.rand(n, generator=g) < p.solarize_p).to(x.device).view(n, 1, 1, 1)
         x = torch.where(sol & (x >= 0.5), 1.0 - x, x)

@@ -61,7 +61,7 @@ def segmentation_data(cfg: FinetuneConfig, rep: Reporter, pre: Preprocess):
     skipped = [(r.source, reason) for r, reason in checked.skipped]
     table = find_table(Path(cfg.data))
     masks, bad_masks = load_masks(rows, cfg.mask_col, pre.image_size, table.parent if table else Path(cfg.data))
-    images, bad_images = pre.decode_all([r.image for r in rows], [r.slice for r in rows], max(2, cfg.num_workers))
+    images, bad_images = pre.decode_all([r.image for r in rows], [r.slice for r in rows], max(2, cfg.num_workers or 0))
     drop = {src for src, _ in bad_masks} | {rows[i].source for i in bad_images}
     skipped += bad_masks + [(rows[i].source, "unreadable image") for i in bad_images]
     keep = np.asarray([i for i, r in enumerate(rows) if r.source not in drop], dtype=np.int64)

@@ -102,7 +102,7 @@ def classification_sweep(cfg: FinetuneConfig, rep: Reporter, device: torch.devic
     if cfg.dry_run:  # labels, splits and inits checked; no image decoded, nothing written
         describe_data(rep, summary, dry_run=True)
         return None
-    images = Images(rows, max(2, cfg.num_workers))
+    images = Images(rows, max(2, cfg.num_workers or 0))
     splits = drop_unreadable(images.get(inits[0].image.preprocess)[1], splits, summary)
     describe_data(rep, summary, dry_run=False)
     out = out_dir(cfg)

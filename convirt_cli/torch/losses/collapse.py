@@ -10,6 +10,8 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
 
 
-def prototypes_in_use(probs: torch.Tensor) -> float:
-    """Fraction of the K prototypes that are some row's most likely one (collapse drives this to 1/K)."""
-    return probs.argmax(-1).unique().numel() / probs.shape[-1]
+def prototypes_in_use(probs: torch.Tensor) -> torch.Tensor:
+    """Fraction of the K prototypes that are some row's most likely one (collapse drives this to 1/K), as a
+    scalar tensor on probs' device (no host sync: the training loop reads it when it logs)."""
+    used = torch.zeros(probs.shape[-1], device=probs.device).index_fill_(0, probs.argmax(-1), 1.0)
+    return used.mean()

@@ -169,12 +169,13 @@ class DINOObjective(Objective):
             side = self.d.global_size // self.patch
             rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g)))
             masks = batch_masks(2 * images.shape[0], side, side, tuple(self.d.mask_ratio), self.d.mask_probability,
-                                rng).to(self.device)
+                                rng)  # on the host: which patches are masked is known without asking the device
         return views, masks
 
     def loss(self, net: torch.nn.Module, batch: dict, step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
         d, temp = self.d, self._schedules["teacher_temp"](step)
-        views, masks = self._views(batch, g)
+        views, host_masks = self._views(batch, g)
+        masks = None if host_masks is None else host_masks.to(self.device, non_blocking=True)
         b = views[0].shape[0]
         globals_ = torch.cat(views[:2])
         with torch.no_grad(), autocast(self.device, self.cfg.precision):
@@ -188,17 +189,21 @@ class DINOObjective(Objective):
                 l_cls, _ = net(torch.cat(views[2:]))
                 s_logits += list(student.dino_head(l_cls).chunk(d.n_local))
         patches = None
-        if masks is not None and masks.any():
+        if host_masks is not None and host_masks.numpy().any():
+            # masked patches by index, found on the host: boolean indexing on the device would wait for it
+            flat = host_masks.flatten().nonzero()[:, 0]
+            idx = flat.to(self.device, non_blocking=True)
             with torch.no_grad():
-                t_patch_logits = self.teacher.patch_head(t_patch[masks])
+                t_patch_logits = self.teacher.patch_head(t_patch.flatten(0, 1)[idx])
                 t_patch_probs = self._teacher_probs(t_patch_logits.float(), temp, "patch_center")
-            patches = MaskedPatches(student.patch_head(s_patch[masks]).float(), t_patch_probs,
-                                    owner=masks.nonzero()[:, 0], n_crops=2 * b)  # owner: each patch's crop
+            patches = MaskedPatches(student.patch_head(s_patch.flatten(0, 1)[idx]).float(), t_patch_probs,
+                                    owner=idx // host_masks.shape[1], n_crops=2 * b)  # owner: each patch's crop
         total, parts = dinov2_loss([x.float() for x in s_logits], list(t_probs.chunk(2)), s_cls, d.student_temp,
                                    d.dino_weight, d.koleo_weight, patches, d.ibot_weight)
-        stats = {k: float(v.detach()) for k, v in parts.items()} | {
-            "teacher_entropy": float(entropy(t_probs)), "prototypes_in_use": prototypes_in_use(t_probs)}
-        self.history.append(stats)
+        # scalar tensors, read on the host when the loop logs the step (no sync here)
+        stats = {k: v.detach() for k, v in parts.items()} | {
+            "teacher_entropy": entropy(t_probs).detach(), "prototypes_in_use": prototypes_in_use(t_probs)}
+        self.history = self.history[-19:] + [stats]  # learning() reads the last 20
         return total, stats
 
     def after_step(self, step: int) -> dict:
@@ -238,8 +243,8 @@ class DINOObjective(Objective):
         same flat distribution for every image (entropy log K)."""
         recent = self.history[-20:]
         log_k = math.log(self.d.prototypes)
-        ent = float(np.mean([r["teacher_entropy"] for r in recent])) if recent else float("nan")
-        used = float(np.mean([r["prototypes_in_use"] for r in recent])) if recent else float("nan")
+        ent = float(np.mean([float(r["teacher_entropy"]) for r in recent])) if recent else float("nan")
+        used = float(np.mean([float(r["prototypes_in_use"]) for r in recent])) if recent else float("nan")
         collapsed = bool(recent) and (ent > 0.98 * log_k or used <= 1.0 / self.d.prototypes)
         out = {"teacher_entropy": round(ent, 4), "log_prototypes": round(log_k, 4), "prototypes_in_use": round(used, 4),
                "collapsed": collapsed, "warned": warned_at}

@@ -106,6 +106,20 @@ class Loaders:
             self.sampler.set_epoch(epoch, start=batch_in_epoch * self.batch_size)
 
 
+MAX_LOADER_WORKERS = 8  # decoding 224 px PNGs for ResNet-50 + BERT-base at batch 256 on an H200 (RESULTS.md)
+PREFETCH = 4  # batches each worker keeps ready: a slow file does not stall the step
+
+
+def loader_workers(given: int | None, device: torch.device) -> int:
+    """DataLoader workers: as given, else on an accelerator one per core up to MAX_LOADER_WORKERS, one core left to
+    the loop; on CPU none (the model's threads use the cores, and workers would only take them away)."""
+    if given is not None:
+        return given
+    if device.type == "cpu":
+        return 0
+    return max(1, min(MAX_LOADER_WORKERS, cpu_workers() - 1))
+
+
 def make_loaders(cfg: PretrainConfig, obj: Objective, train_rows: list[Row], val_rows: list[Row],
                  device: torch.device, dist: Dist) -> Loaders:
     train_ds = obj.dataset(train_rows, train=True, seed=cfg.seed)
@@ -116,7 +130,9 @@ def make_loaders(cfg: PretrainConfig, obj: Objective, train_rows: list[Row], val
     batch_size = min(cfg.batch_size * cfg.accum_steps, per_rank)  # --accum-steps: one contrastive batch, chunked
     if batch_size < 2:
         raise ConvirtError(f"{per_rank} training pairs per process: too few for a contrastive batch")
-    workers = {"num_workers": cfg.num_workers, "worker_init_fn": ignore_signals if cfg.num_workers else None}
+    n = loader_workers(cfg.num_workers, device)
+    workers = {"num_workers": n, "worker_init_fn": ignore_signals if n else None} | (
+        {"prefetch_factor": PREFETCH} if n else {})
     loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, collate_fn=obj.collate, drop_last=True,
                         generator=torch.Generator(),  # keeps DataLoader seeding off the global RNG (resume replays)
                         pin_memory=device.type == "cuda", persistent_workers=False, **workers)

@@ -6,6 +6,7 @@
     optimiser  Training           AdamW over the objective's groups; the schedules (lr here, the objective's
                                   own beside it); the newest checkpoint on --resume
     one step   Training.step      schedules applied, loss (GradCache chunks under --accum-steps), backward, update
+    log        Training.log       the steps' records, read from the device LOG_EVERY steps at a time (one sync)
     evaluate   Training.end_epoch validation, the plateau rule, the epoch's record
     checkpoint Training.checkpoint everything --resume needs, atomically
     finish     Training.finish    the run's weights, summary, plot, `latest`
@@ -62,6 +63,11 @@ from convirt_cli.torchfree.runs import (
     write_summary,
 )
 from convirt_cli.torchfree.stop import StopOnSignal
+
+# On an accelerator, steps' records stay on the device and are read LOG_EVERY steps at a time, in one sync (and
+# before a checkpoint, the collapse guard, an epoch's end): the host never waits for the GPU in a step. On CPU
+# every step is read at once (nothing to overlap), so a non-finite loss stops the step that made it.
+LOG_EVERY = 16
 
 
 @dataclass
@@ -241,6 +247,8 @@ class Training:
         self.last_val: dict | None = None
         self.t_last, self.n_since = time.perf_counter(), 0
         self.summary: dict = {}
+        self.log_every = log_interval(device)
+        self.pending: list[dict] = []  # records whose tensors are still on the device
 
     def _restore(self) -> tuple[_State, list[float]]:
         """--resume: weights, optimiser, RNG and progress from the newest readable checkpoint; the metrics logged
@@ -301,7 +309,8 @@ class Training:
             if batch["images"].shape[0] < 2:
                 continue
             self.log(self.step(batch))
-            if _stopping(stop, self.dist, self.device):
+            # ranks agree on stopping through an all-reduce (a sync): only on the steps they log
+            if (self.dist.world == 1 or st.step % self.log_every == 0) and _stopping(stop, self.dist, self.device):
                 return False
         return stop.signum is None  # a signal that stopped the workers ends the epoch early too
 
@@ -313,12 +322,13 @@ class Training:
         apply_optimiser_schedules(self.opt.param_groups, now)
         g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + self.dist.rank)
         self.opt.zero_grad(set_to_none=True)
-        check = partial(_check_finite, step=step)
+        check = partial(_check_finite, step=step) if self.log_every == 1 else None  # else: at the flush
         if cfg.accum_steps > 1:  # GradCache: the objective backpropagates chunk by chunk
             loss, extra = obj.loss_and_backward(self.net, batch, step, g, self.scaler.scale, check)
         else:
             loss, extra = obj.loss(self.net, batch, step, g)
-            check(loss)
+            if check is not None:
+                check(loss)
             self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip > 0 else None
@@ -328,30 +338,45 @@ class Training:
         self.st.step += 1
         self.n_since += batch["images"].shape[0] * self.dist.world
         t = time.perf_counter()
-        record = {"step": self.st.step, "epoch": self.st.epoch, "loss": loss.item(), "lr": cfg.lr * now.pop("lr"),
+        record = {"step": self.st.step, "epoch": self.st.epoch, "loss": loss.detach(), "lr": cfg.lr * now.pop("lr"),
                   "samples_per_s": self.n_since / max(t - self.t_last, 1e-9)} | now | extra
         if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
+            record["grad_norm"] = grad_norm.detach()
         self.t_last, self.n_since = t, 0
-        return record
+        return record  # tensors stay on the device until log() reads them
 
     def log(self, record: dict) -> None:
-        """The step's record to metrics.jsonl and the reporter; the collapse guard half way; --checkpoint-every."""
+        """The step's record (read with others every log_every steps) to metrics.jsonl and the reporter; the
+        collapse guard half way; --checkpoint-every."""
         st, obj = self.st, self.obj
-        self.losses.append(record["loss"])
-        if self.dist.main:
-            append_jsonl(self.metrics, record)
+        self.pending.append(record)
+        checkpoint = bool(self.cfg.checkpoint_every) and st.step % self.cfg.checkpoint_every == 0
+        if st.step % self.log_every and st.step not in (self.check_at, self.total) and not checkpoint:
+            return
+        record = self.flush()
         if st.step == self.check_at and st.warned_at is None and obj.guard_batch:
             stuck, mean, ln_b = guard.at_start(self.losses, obj.guard_batch)
             if stuck and not guard.val_learning(self.last_val):
                 st.warned_at = {"step": st.step, "loss": round(mean, 4)}
                 self.rep.warn(guard.warning(st.step, self.total, mean, ln_b, obj.guard_batch))
-        if self.cfg.checkpoint_every and st.step % self.cfg.checkpoint_every == 0:
+        if checkpoint:
             self.checkpoint()
         self.rep.update(st.step, f"loss {record['loss']:.4f}  {record['samples_per_s']:.1f} samples/s")
 
+    def flush(self) -> dict | None:
+        """The pending records, read from the device in one sync, checked finite, to metrics.jsonl; -> the last."""
+        records, self.pending = on_host(self.pending), []
+        for r in records:
+            if not math.isfinite(r["loss"]):
+                raise ConvirtError(f"loss became {r['loss']} at step {r['step'] - 1}; lower --lr or raise --tau")
+            self.losses.append(r["loss"])
+            if self.dist.main:
+                append_jsonl(self.metrics, r)
+        return records[-1] if records else None
+
     def end_epoch(self) -> None:
         """The epoch ran to its end: validation, the plateau rule, the epoch's record, a checkpoint."""
+        self.flush()
         st = self.st
         st.epoch, st.batch_in_epoch = st.epoch + 1, 0
         val = self.obj.validate(self.data.val) if self.data.val is not None else {}
@@ -378,6 +403,7 @@ class Training:
         """Save what was learnt so far, mark the run incomplete and raise Interrupted with the resume command."""
         import signal
 
+        self.flush()
         ck, st = self.checkpoint(), self.st
         if self.dist.main:
             self.obj.module.eval()
@@ -394,6 +420,7 @@ class Training:
 
     def finish(self) -> Path:
         """The run's weights (the objective decides which), its summary and loss plot, and `latest` pointing at it."""
+        self.flush()
         cfg, st, obj, run = self.cfg, self.st, self.obj, self.run
         if st.batch_in_epoch:  # stopped mid-epoch by the step budget: checkpoint so --resume can extend it
             self.checkpoint()
@@ -420,6 +447,24 @@ class Training:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
         return run
+
+
+def log_interval(device: torch.device) -> int:
+    """Steps whose records are read from the device at once: 1 on CPU, LOG_EVERY on an accelerator."""
+    return 1 if device.type == "cpu" else LOG_EVERY
+
+
+def on_host(records: list[dict]) -> list[dict]:
+    """Records with their tensor values (scalars, on any device) as Python floats: one transfer, one sync."""
+    where = [(i, k) for i, r in enumerate(records) for k, v in r.items() if isinstance(v, torch.Tensor)]
+    if not where:
+        return records
+    first = records[where[0][0]][where[0][1]].device
+    values = torch.stack([records[i][k].detach().float().reshape(()).to(first) for i, k in where]).tolist()
+    out = [dict(r) for r in records]
+    for (i, k), v in zip(where, values):
+        out[i][k] = v
+    return out
 
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:

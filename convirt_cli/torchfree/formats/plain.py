@@ -22,6 +22,7 @@ from convirt_cli.torchfree.formats.table import (
 from convirt_cli.torchfree.formats.window import lut_friendly, stored_to_uint8, to_uint8
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+ORIENTATION = 0x0112  # the EXIF tag exif_transpose acts on
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # the WebDataset extension a shard stores a file's own bytes under (shards decode these as they are)
 RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".bmp": "bmp", ".tif": "tif", ".tiff": "tif",
@@ -64,7 +65,9 @@ def read(path: Path, window: str, slice: int | None, draft: int | None) -> np.nd
             return to_uint8(values, window)
         if draft:
             im.draft("L", (draft, draft))
-        gray = np.asarray(ImageOps.exif_transpose(im).convert("L"))
+        # exif_transpose and convert each copy the image: only when they change it (most files need neither)
+        upright = ImageOps.exif_transpose(im) if im.getexif().get(ORIENTATION, 1) != 1 else im
+        gray = np.asarray(upright if upright.mode == "L" else upright.convert("L"))
     return gray if window == "auto" else to_uint8(gray, window, eight_bit=True)
 
 
