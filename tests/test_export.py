@@ -158,6 +158,8 @@ def test_failed_parity_aborts_and_writes_nothing(tmp_path, tiny_run, tiny_export
     def corrupted_graphs(model, out, opset):
         shutil.copy(tiny_export / "text.onnx", out / "text.onnx")
         shutil.copy(tiny_export / "text.onnx.data", out / "text.onnx.data")
+        shutil.copy(tiny_export / "image_dense.onnx", out / "image_dense.onnx")
+        shutil.copy(tiny_export / "image_dense.onnx.data", out / "image_dense.onnx.data")
         m = onnx.load(str(tiny_export / "image.onnx"))
         init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
         w = numpy_helper.to_array(init)

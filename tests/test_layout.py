@@ -132,7 +132,7 @@ def labelled(covid_csv, tmp_path_factory) -> Path:
 
 
 def test_serving_commands_run_with_torch_unimportable(tiny_export, labelled, tmp_path):
-    """embed (images and texts), retrieve, index build, classify, evaluate retrieval and shard from an ONNX export,
+    """embed (images and texts), retrieve, index build, classify, evaluate retrieval, shard and explain from an ONNX export,
     and the Searcher library itself."""
     steps = [
         ["embed", labelled, "--model", tiny_export, "--out", tmp_path / "idx", "--runs-dir", tmp_path / "runs",
@@ -148,6 +148,8 @@ def test_serving_commands_run_with_torch_unimportable(tiny_export, labelled, tmp
         ["evaluate", "retrieval", labelled, "--label-col", "finding", "--queries-per-class", "2", "--model",
          tiny_export, "--format", "json"],
         ["shard", labelled, "--out", tmp_path / "shards", "--per-shard", "16", "--text-col", "report", "--workers", "1"],
+        ["explain", labelled, "--query", "bilateral opacities", "--model", tiny_export, "--out", tmp_path / "maps",
+         "--format", "html", "--batch-size", "8"],
     ]
     for args in steps:
         # retrieve takes the fast lane (cli/entry.py): no typer, no pydantic either; shard writes its tars without
@@ -164,6 +166,7 @@ def test_serving_commands_run_with_torch_unimportable(tiny_export, labelled, tmp
     hits = [json.loads(line) for line in run_blocked(steps[1], tmp_path).stdout.splitlines()]
     assert len(hits) == 3 and all(h["path"].endswith(".png") for h in hits)
     assert json.loads((tmp_path / "shards" / "shards.json").read_text())["splits"]["train"]["count"] > 0
+    assert (tmp_path / "maps" / "index.html").is_file() and len(list((tmp_path / "maps").glob("*.png"))) == 40
     p = run_blocked([tmp_path / "idx"], tmp_path, script=SEARCHER.replace("sys.argv[1]", repr(str(tmp_path / "idx"))))
     assert p.returncode == 0 and "searched 4" in p.stdout, p.stdout + p.stderr
 

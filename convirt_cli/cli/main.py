@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "index": ("index", "app", True),
     "evaluate": ("evaluate", "app", True),
     "classify": ("classify", "classify", True),
+    "explain": ("explain", "explain", True),
     "models": ("models", "models", False),
 }
 

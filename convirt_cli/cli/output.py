@@ -1,6 +1,7 @@
 """Where command results go: one table from a `--format` name to its writer.
 
-RESULTS: `convirt retrieve`'s hits as table | jsonl | csv | paths | html. REPORTS: the JSON reports of `evaluate`
+RESULTS: `convirt retrieve`'s hits as table | jsonl | csv | paths | html. EXPLAINED: `convirt explain`'s maps as
+png | html | jsonl | npy (files in its --out folder; jsonl's lines on stdout). REPORTS: the JSON reports of `evaluate`
 and `classify` as table | json. Only results reach stdout (notes go to stderr), so pipelines can read them; a
 file named by --out is written whole or not at all (temporary name, then rename; a symlink is followed, a device
 or pipe written as a stream, an input never written: torchfree/outputs.py). A closed or full stdout is one line.
@@ -144,3 +145,36 @@ def write_report(report: dict, fmt: str, out: Path | None, tables: Callable[[dic
     if out:
         write_file(Path(out), _json_report(report, tables), inputs=inputs)
     write_stdout(REPORTS[fmt](report, tables))
+
+
+def _explained_html(rows: list[dict], out: Path) -> None:
+    from convirt_cli.torchfree.explain.render import page
+    from convirt_cli.torchfree.files import atomic_write_text
+
+    for r in rows:
+        r["picture"] = Path(r["picture"]).name  # the page sits beside its pictures
+    atomic_write_text(Path(out) / "index.html", page(rows))  # inside the explain folder check_folder allowed
+    print(f"wrote {Path(out) / 'index.html'}", file=sys.stderr)
+
+
+def _explained_jsonl(rows: list[dict], out: Path) -> None:
+    from convirt_cli.torchfree.outputs import write_stdout
+
+    write_stdout("".join(json.dumps({k: v for k, v in r.items() if k not in ("name", "id")}) + "\n" for r in rows))
+
+
+# --format -> (a picture per map?, a .npy per map?, what ends the run: a page, lines on stdout, or nothing)
+EXPLAINED: dict[str, tuple[bool, bool, Callable[[list[dict], Path], None] | None]] = {
+    "png": (True, False, None), "npy": (False, True, None), "html": (True, False, _explained_html),
+    "jsonl": (False, True, _explained_jsonl)}
+
+
+def write_explained(stream, fmt: str, out: Path) -> list[dict]:
+    """explain's (image, maps) stream in format `fmt` into the folder `out` (and stdout for jsonl)."""
+    from convirt_cli.torchfree.explain.outputs import write_maps
+
+    pictures, arrays, finish = EXPLAINED[fmt]
+    rows = write_maps(stream, out, pictures, arrays)
+    if finish is not None:
+        finish(rows, out)
+    return rows

@@ -51,6 +51,12 @@ class TorchEncoder:
     def image_forward(self, pixels: np.ndarray) -> np.ndarray:
         return self.model.encode_image(torch.from_numpy(pixels).to(self.device)).float().cpu().numpy()
 
+    @torch.no_grad()
+    def dense_forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The torch twin of OnnxEncoder.dense_forward: (embeds [B, d], cells [B, h, w, d])."""
+        embeds, cells = self.model.encode_dense(torch.from_numpy(pixels).to(self.device))
+        return embeds.float().cpu().numpy(), cells.float().cpu().numpy()
+
     def encode_images(self, paths, batch_size: int = 64, on_progress=None):
         from convirt_cli.torchfree.serve.encoder import encode_images
 

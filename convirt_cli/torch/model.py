@@ -56,6 +56,12 @@ class ConVIRT(nn.Module):
         v = self.image_proj(self.image(images))
         return F.normalize(v, dim=-1) if normalize else v
 
+    def encode_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, C, H, W] -> (embeds [B, d] as encode_image, cells [B, h, w, d]): each cell of the tower's feature grid
+        through the same projection head, L2-normalised (BioViL's dense features; explain maps them)."""
+        pooled, grid = self.image.features(images)
+        return F.normalize(self.image_proj(pooled), dim=-1), F.normalize(self.image_proj(grid.permute(0, 2, 3, 1)), dim=-1)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """[B, T] token ids and mask -> [B, d]."""
         u = self.text_proj(self.text(input_ids, attention_mask))
@@ -95,6 +101,11 @@ class ImageModel(nn.Module):
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         v = self.image(images)
         return F.normalize(v, dim=-1) if normalize else v
+
+    def encode_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeds [B, F], cells [B, h, w, F]): no projection; each patch token (or CNN cell) L2-normalised."""
+        pooled, grid = self.image.features(images)
+        return F.normalize(pooled, dim=-1), F.normalize(grid.permute(0, 2, 3, 1), dim=-1)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         set_grad_checkpointing(self.image.model, enable)

@@ -97,18 +97,25 @@ class ImageTower(nn.Module):
     def dense(self, images: torch.Tensor) -> torch.Tensor:
         """Patch-level features [B, D, h, w]: a ViT's patch tokens on their grid, or a CNN's last feature map (what
         RAD-DINO's segmentation probe reads)."""
+        return self.features(images)[1]
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass -> (pooled [B, F]: what forward gives, grid [B, F, h, w]: a CNN's last feature map, or a ViT's
+        patch tokens without CLS and register tokens, after the final norm). explain maps the grid."""
         m = self.model
         if self.cfg.source == "timm":
             x = m.forward_features(images)
+            pooled = m.forward_head(x, pre_logits=True)
             if x.ndim == 4:  # a CNN: [B, C, h, w] already
-                return x
+                return pooled, x
             patches = x[:, getattr(m, "num_prefix_tokens", 1):]
         else:
-            out = m(pixel_values=images).last_hidden_state
-            patches = out[:, 1 + int(getattr(m.config, "num_register_tokens", 0) or 0):]
+            out = m(pixel_values=images)
+            pooled = out.pooler_output
+            patches = out.last_hidden_state[:, 1 + int(getattr(m.config, "num_register_tokens", 0) or 0):]
         side = round(patches.shape[1] ** 0.5)
         h, w = side, patches.shape[1] // side
-        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
+        return pooled, patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
 
     def save(self, path: Path) -> None:
         """timm form (config.json + model.safetensors, loads with `local-dir:`) or HF save_pretrained."""

@@ -399,6 +399,39 @@ class ServeConfig(Config):
         return self
 
 
+def check_point(value: str | None) -> str | None:
+    """--at X,Y: a point in an image's pixels."""
+    if value is None:
+        return value
+    parts = value.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"'{value}' is not a point X,Y in the image's pixels (e.g. 120,200)") from None
+    return value.strip()
+
+
+class ExplainConfig(ServeSettings):
+    """`convirt explain IMAGE... --query TEXT`: where in each image a phrase matches (similarity maps)."""
+
+    section: ClassVar[str] = "explain"
+
+    images: Annotated[list[str], Field(min_length=1)]  # images, folders or tables (as embed reads them)
+    query: list[str] = []  # phrases; none (and no like/at): the first three principal components of the patches
+    like: Path | None = None  # another image: how like its pooled embedding each patch is
+    at: str | None = None  # X,Y in each image's pixels: how like that patch each patch is
+    out: Path = Path("explain")  # folder for the maps
+    format: Literal["png", "html", "jsonl", "npy"] = "png"
+    sigma: Annotated[float, Field(ge=0, le=10)] = 1.5  # Gaussian smoothing in cells (BioViL's 1.5)
+    image_col: str = "image"
+    slices: str = "middle"
+    batch_size: Positive = 16
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slices(v)))
+    _at = field_validator("at")(classmethod(lambda cls, v: check_point(v)))
+
+
 class IndexBuildConfig(Config):
     section: ClassVar[str] = "index"
 

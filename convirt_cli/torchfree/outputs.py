@@ -48,6 +48,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "run": ("convirt run", lambda f: (f / "config.json").is_file() and _json_has("model.json")(f)),
     "shards": ("convirt shard folder", _json_has("shards.json", "format", "splits")),
     "finetune": ("convirt finetune folder", _json_has("config.json", "init", "random_model")),
+    "explain": ("convirt explain folder", lambda f: False),  # made after markers: its marker says
 }
 
 

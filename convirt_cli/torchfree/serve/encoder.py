@@ -135,6 +135,14 @@ class OnnxEncoder:
         """float32 [B, C, S, S] normalised pixels -> [B, d]."""
         return self._session("image").run(None, {"pixels": pixels.astype(np.float32, copy=False)})[0]
 
+    def dense_forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [B, C, S, S] -> (embeds [B, d], cells [B, h, w, d]), both L2-normalised (image_dense.onnx)."""
+        if not (self.path / "image_dense.onnx").is_file():
+            raise ConvirtError(f"{self.path} has no dense image graph (image_dense.onnx: exported before `convirt "
+                               "explain` existed); re-export the run: `convirt export RUN --onnx`")
+        embeds, cells = self._session("image_dense").run(None, {"pixels": pixels.astype(np.float32, copy=False)})
+        return embeds, cells
+
     def text_forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self._session("text").run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
