@@ -481,6 +481,34 @@ class EvaluateRetrievalConfig(ZeroShotSettings):
     _k = field_validator("k")(classmethod(lambda cls, v: _positive_ints(v)))
 
 
+class EvaluateGroundingConfig(ServeSettings):
+    """`convirt evaluate grounding DATA`: similarity maps of phrases scored against masks or boxes (MS-CXR)."""
+
+    section: ClassVar[str] = "evaluate"
+
+    data: Path
+    text_col: str = "text"  # the phrase of each row (MS-CXR: label_text)
+    mask_col: str | None = None  # a mask image per row (relative to the table, like images)
+    box_cols: list[str] = []  # x,y,w,h in the image's pixels (MS-CXR: x,y,w,h)
+    finding_col: str | None = None  # what per_finding groups by; None: `category` when the table has it, else phrase
+    image_col: str = "image"
+    sigma: Annotated[float, Field(ge=0, le=10)] = 1.5
+    bootstrap: NonNegative = 1000
+    seed: NonNegative = 0
+    out: Path | None = None
+    format: Literal["table", "json"] = "table"
+    batch_size: Positive = 16
+    _box = field_validator("box_cols", mode="before")(classmethod(lambda cls, v: _comma_list(v)))
+
+    @model_validator(mode="after")
+    def _region(self) -> EvaluateGroundingConfig:
+        if bool(self.mask_col) == bool(self.box_cols):
+            raise ValueError("give the regions as one of --mask-col COL or --box-cols x,y,w,h")
+        if self.box_cols and len(self.box_cols) != 4:
+            raise ValueError(f"--box-cols {','.join(self.box_cols)}: name four columns, x,y,w,h")
+        return self
+
+
 class ClassifyConfig(ZeroShotSettings):
     section: ClassVar[str] = "classify"
 
