@@ -131,6 +131,10 @@ def grounding(
     from convirt_cli.torchfree.evaluate.regions import evaluate_grounding, load_targets
     from convirt_cli.torchfree.serve.backends import open_encoder
 
+    if cfg.out is not None:  # checked before the work: not a folder, not the data
+        from convirt_cli.torchfree.outputs import check_file
+
+        check_file(cfg.out, inputs=[cfg.data])
     targets, skips = load_targets(cfg, note)
     encoder = open_encoder(cfg.model, cfg.backend, cfg.device, cfg.runs_dir, cfg.threads, note=note)
     with progress_bar(f"ground ({encoder.backend})", len({t.image for t in targets}), "images") as advance:
