@@ -112,5 +112,14 @@ def test_the_search_page_in_chromium(search_server, tmp_path):
             expect(page.locator("#alert")).to_contain_text("has no item 999999")
             page.goto(base + "/?q=effusion&where=view%3Dnone-such")
             expect(page.locator(f"{images} .empty")).to_have_text("Nothing matches with these filters.")
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            phone.goto(base + "/?q=effusion")  # a phone: no sideways scrolling, thumbnails at a usable size
+            shown(phone, f"{images} .card img")
+            assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+            box = phone.locator(f"{images} .card img").first.bounding_box()
+            assert box and 80 <= box["width"] <= 390, box
+            assert phone.locator("#q").bounding_box()["width"] >= 150
+            phone.screenshot(path=str(tmp_path / "phone.png"))
         finally:
             browser.close()
