@@ -16,10 +16,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convirt_cli.torchfree.errors import ConvirtError
 from convirt_cli.torchfree.serve.web.guard import LOOPBACK_NAMES, Guard, is_loopback
+
+if TYPE_CHECKING:
+    from convirt_cli.torchfree.config import ServeConfig
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -110,6 +113,22 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+
+def allowed_hosts(host: str) -> set[str] | None:
+    """Host headers a loopback server answers (DNS rebinding); None (any) when it listens on another address."""
+    return LOOPBACK_NAMES | {url_host(host).lower()} if is_loopback(host) else None
+
+
+def exposure_line(cfg: ServeConfig) -> str | None:
+    """What a person must know about who can reach the server: a warning for --no-auth off loopback, a note that a
+    token travels in clear over plain HTTP; nothing on loopback."""
+    if is_loopback(cfg.host):
+        return None
+    if cfg.no_auth:
+        return (f"warning: --no-auth on {cfg.host}: anyone who can reach this address can search the archive and "
+                "see its images")
+    return "note: the token travels in clear over plain HTTP; put the server behind TLS (a reverse proxy)"
+
 def run_server(cfg: Any, note: Callable[[str], None]) -> int:
     """`cfg`: a ServeConfig. Returns the exit code (0 after a clean drain)."""
     from convirt_cli.torchfree.serve.searcher import Searcher
@@ -123,18 +142,14 @@ def run_server(cfg: Any, note: Callable[[str], None]) -> int:
     service.warm()
     sock = bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
-    loopback = is_loopback(cfg.host)
-    guard = Guard(build_app(service), hosts=LOOPBACK_NAMES | {url_host(cfg.host).lower()} if loopback else None,
+    guard = Guard(build_app(service), hosts=allowed_hosts(cfg.host),
                   cors_origins=tuple(cfg.cors_origin), gate=TokenGate(cfg.token) if cfg.token else None,
                   max_upload_mb=cfg.max_upload_mb, log=note if cfg.log else None)
     enc = searcher.encoder
     shown = ", ".join(f"{n} ({searcher.index(n).count} {searcher.index(n).meta['kind']} items)" for n in searcher.names)
     note(f"serving {shown} with {model_name(str(enc.path))} (onnxruntime, {enc.device_used})")
-    if cfg.no_auth and not loopback:
-        note(f"warning: --no-auth on {cfg.host}: anyone who can reach this address can search the archive and "
-             "see its images")
-    elif cfg.token and not loopback:
-        note("note: the token travels in clear over plain HTTP; put the server behind TLS (a reverse proxy)")
+    if (line := exposure_line(cfg)) is not None:
+        note(line)
     note(f"search page and API at http://{url_host(cfg.host)}:{port}/ (Ctrl-C stops)")
     signals, forced = serve_forever(guard, sock, cfg.drain_s)
     if forced or guard.cut:
